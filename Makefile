@@ -1,0 +1,54 @@
+# bareos-hyperv: every set-up step a fresh Debian/Ubuntu machine needs is here.
+#   make demo   - run the main job against the built-in simulated cluster
+#   make test   - lint, type-check and run every test
+#   make bench  - long benchmarks (throughput ratios against Samba's own client)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEB_PACKAGES := samba smbclient qemu-utils
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps debs venv lint typecheck test unit demo bench clean
+
+all: test
+
+# Debian packages the tests and the demo need (smbd, smbclient, qemu-img).
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps: debs venv
+
+lint: venv
+	$(VENV)/bin/ruff check bareos_hyperv hvsim fdsim tests bench packaging
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collected no test: that fails the target too.
+unit: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: deps lint typecheck unit
+
+demo: deps
+	$(PY) -m bareos_hyperv.cli demo
+
+bench: deps
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""agent layer; see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""fd layer; see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""hyperv layer; see docs/architecture.md."""

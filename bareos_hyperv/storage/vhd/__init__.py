@@ -1,0 +1,1 @@
+"""storage/vhd layer; see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""wsman layer; see docs/architecture.md."""
