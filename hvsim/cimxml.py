@@ -82,14 +82,17 @@ def format_datetime(value: Union[_dt.datetime, CimInterval]) -> str:
     off = value.utcoffset()
     minutes = int(off.total_seconds() // 60) if off is not None else 0
     sign = "+" if minutes >= 0 else "-"
-    return value.strftime("%Y%m%d%H%M%S.%f") + f"{sign}{abs(minutes):03d}"
+    # strftime("%Y") does not zero-pad years below 1000 on glibc.
+    v = value
+    return (f"{v.year:04d}{v.month:02d}{v.day:02d}{v.hour:02d}{v.minute:02d}{v.second:02d}"
+            f".{v.microsecond:06d}{sign}{abs(minutes):03d}")
 
 
 # ---------------------------------------------------------------------------
 # Scalars
 
 
-def parse_scalar(text: Optional[str], cim_type: str) -> Any:
+def parse_scalar(text: str | None, cim_type: str) -> Any:
     """Convert the text of one ``VALUE`` to the Python value of ``cim_type``."""
     s = text if text is not None else ""
     if cim_type in INT_TYPES:
@@ -114,7 +117,7 @@ def parse_scalar(text: Optional[str], cim_type: str) -> Any:
     return s
 
 
-def format_scalar(value: Any, cim_type: Optional[str] = None) -> str:
+def format_scalar(value: Any, cim_type: str | None = None) -> str:
     """Text of a scalar value as WMI's ``GetText`` writes it (booleans ``TRUE``/``FALSE``)."""
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
@@ -156,7 +159,7 @@ def _local(el: Any) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _children(el: Any, name: Optional[str] = None) -> List[Any]:
+def _children(el: Any, name: str | None = None) -> List[Any]:
     return [c for c in el if isinstance(c.tag, str) and (name is None or _local(c).upper() == name)]
 
 
@@ -173,7 +176,7 @@ def parse_instance(
     text: Union[str, bytes, Any],
     *,
     namespace: str = NS_VIRT,
-    class_lookup: Optional[ClassLookup] = None,
+    class_lookup: ClassLookup | None = None,
 ) -> CimInstance:
     """Parse CIM-XML ``INSTANCE`` text (or an lxml element) into a :class:`CimInstance`.
 
@@ -226,7 +229,7 @@ def parse_instance(
             )
         else:
             raise CimXmlError(f"unexpected element {kind} in INSTANCE of {class_name}")
-    path: Optional[CimRef] = None
+    path: CimRef | None = None
     raw_path = props.get("__PATH")
     if isinstance(raw_path, str) and raw_path:
         try:
@@ -236,7 +239,7 @@ def parse_instance(
     return CimInstance(class_name, namespace, props, path)
 
 
-def _value_type(el: Any, pdef: Optional[PropDef]) -> str:
+def _value_type(el: Any, pdef: PropDef | None) -> str:
     t = el.get("TYPE")
     if el.get("EmbeddedObject") or el.get("EMBEDDEDOBJECT"):
         return "instance"
@@ -245,8 +248,8 @@ def _value_type(el: Any, pdef: Optional[PropDef]) -> str:
     return t or "string"
 
 
-def _parse_text_value(text: Optional[str], cim_type: str, namespace: str,
-                      class_lookup: Optional[ClassLookup]) -> Any:
+def _parse_text_value(text: str | None, cim_type: str, namespace: str,
+                      class_lookup: ClassLookup | None) -> Any:
     if cim_type == "instance":
         if text is None or not text.strip():
             return None
@@ -261,8 +264,8 @@ def _parse_text_value(text: Optional[str], cim_type: str, namespace: str,
     return parse_scalar(text, cim_type)
 
 
-def _parse_property(el: Any, pdef: Optional[PropDef], namespace: str,
-                    class_lookup: Optional[ClassLookup]) -> Any:
+def _parse_property(el: Any, pdef: PropDef | None, namespace: str,
+                    class_lookup: ClassLookup | None) -> Any:
     cim_type = _value_type(el, pdef)
     values = _children(el, "VALUE")
     if not values:
@@ -274,8 +277,8 @@ def _parse_property(el: Any, pdef: Optional[PropDef], namespace: str,
     return _parse_text_value(values[0].text, cim_type, namespace, class_lookup)
 
 
-def _parse_array(el: Any, pdef: Optional[PropDef], namespace: str,
-                 class_lookup: Optional[ClassLookup]) -> Optional[List[Any]]:
+def _parse_array(el: Any, pdef: PropDef | None, namespace: str,
+                 class_lookup: ClassLookup | None) -> List[Any] | None:
     cim_type = _value_type(el, pdef)
     va = _children(el, "VALUE.ARRAY")
     if not va:
@@ -292,7 +295,7 @@ def _parse_array(el: Any, pdef: Optional[PropDef], namespace: str,
     return out
 
 
-def _parse_value_reference(vr: Any, namespace: str) -> Optional[CimRef]:
+def _parse_value_reference(vr: Any, namespace: str) -> CimRef | None:
     kids = _children(vr)
     if not kids:
         text = (vr.text or "").strip()
@@ -360,10 +363,10 @@ def _parse_instancename(node: Any, namespace: str) -> CimRef:
 
 def produce_instance(
     inst: CimInstance,
-    class_def: Optional[ClassDef] = None,
+    class_def: ClassDef | None = None,
     *,
-    class_lookup: Optional[ClassLookup] = None,
-    host: Optional[str] = None,
+    class_lookup: ClassLookup | None = None,
+    host: str | None = None,
 ) -> str:
     """CIM-XML ``INSTANCE`` text of ``inst`` with ``TYPE`` attributes from the schema.
 
@@ -378,10 +381,10 @@ def produce_instance(
 
 def instance_element(
     inst: CimInstance,
-    class_def: Optional[ClassDef] = None,
+    class_def: ClassDef | None = None,
     *,
-    class_lookup: Optional[ClassLookup] = None,
-    host: Optional[str] = None,
+    class_lookup: ClassLookup | None = None,
+    host: str | None = None,
 ) -> Any:
     """Like :func:`produce_instance` but returns the lxml element."""
     cdef = class_def if class_def is not None else (class_lookup(inst.class_name) if class_lookup else None)
@@ -399,8 +402,8 @@ def instance_element(
     return root
 
 
-def _property_element(p: PropDef, value: Any, namespace: str, class_lookup: Optional[ClassLookup],
-                      host: Optional[str]) -> Any:
+def _property_element(p: PropDef, value: Any, namespace: str, class_lookup: ClassLookup | None,
+                      host: str | None) -> Any:
     if p.cim_type == "reference":
         if p.is_array:
             el = etree.Element("PROPERTY.REFARRAY", NAME=p.name)
@@ -441,13 +444,13 @@ def _property_element(p: PropDef, value: Any, namespace: str, class_lookup: Opti
     return el
 
 
-def _value_text(value: Any, p: PropDef, class_lookup: Optional[ClassLookup], host: Optional[str]) -> str:
+def _value_text(value: Any, p: PropDef, class_lookup: ClassLookup | None, host: str | None) -> str:
     if isinstance(value, CimInstance):
         return produce_instance(value, class_lookup=class_lookup, host=host)
     return format_scalar(value, p.cim_type)
 
 
-def _value_reference(ref: CimRef, host: Optional[str]) -> Any:
+def _value_reference(ref: CimRef, host: str | None) -> Any:
     vr = etree.Element("VALUE.REFERENCE")
     if host:
         path = etree.SubElement(vr, "INSTANCEPATH")

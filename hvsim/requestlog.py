@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 OUTCOME_OK = "ok"
 
@@ -25,14 +25,14 @@ class RequestRecord:
     """
 
     operation: str
-    namespace: Optional[str] = None
-    class_name: Optional[str] = None
-    method: Optional[str] = None
-    user: Optional[str] = None
+    namespace: str | None = None
+    class_name: str | None = None
+    method: str | None = None
+    user: str | None = None
     duration: float = 0.0
     outcome: str = OUTCOME_OK
     items: int = 0
-    filter_text: Optional[str] = None
+    filter_text: str | None = None
     timestamp: float = field(default_factory=time.time)
 
     @property
@@ -41,7 +41,7 @@ class RequestRecord:
         return self.outcome == OUTCOME_OK
 
 
-def _same(a: Optional[str], b: Optional[str]) -> bool:
+def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and a.lower() == b.lower()
 
 
@@ -69,11 +69,11 @@ class RequestLog:
 
     def count(
         self,
-        operation: Optional[str] = None,
-        method: Optional[str] = None,
-        cls: Optional[str] = None,
+        operation: str | None = None,
+        method: str | None = None,
+        cls: str | None = None,
         *,
-        outcome: Optional[str] = None,
+        outcome: str | None = None,
     ) -> int:
         """Number of records matching every given filter (case-insensitive).
 

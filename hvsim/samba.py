@@ -79,6 +79,7 @@ class SambaServer:
     :param password: that user's password (default: a random one, see :attr:`password`).
     :param encrypt: require SMB3 encryption on every share.
     :param encrypted_shares: share names that require encryption even when ``encrypt`` is false.
+    :param read_only_shares: share names served read-only (writes fail with access denied).
     :param workdir: parent for the private state directory (default: the system temp dir).
     """
 
@@ -90,6 +91,7 @@ class SambaServer:
         *,
         encrypt: bool = False,
         encrypted_shares: Iterable[str] = (),
+        read_only_shares: Iterable[str] = (),
         workdir: Path | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
@@ -101,9 +103,10 @@ class SambaServer:
         self._password = password if password is not None else secrets.token_urlsafe(18)
         self.encrypt = encrypt
         self.encrypted_shares = frozenset(encrypted_shares)
-        unknown = self.encrypted_shares - set(self.shares)
+        self.read_only_shares = frozenset(read_only_shares)
+        unknown = (self.encrypted_shares | self.read_only_shares) - set(self.shares)
         if unknown:
-            raise SambaError(f"encrypted_shares names unknown shares: {sorted(unknown)}")
+            raise SambaError(f"encrypted_shares/read_only_shares name unknown shares: {sorted(unknown)}")
         self._workdir_parent = workdir
         self.start_timeout = start_timeout
         self.host = LOOPBACK
@@ -171,7 +174,7 @@ class SambaServer:
             # What the product negotiates with Windows: SMB 3.x, signing always on.
             "server min protocol = SMB3",
             "server signing = mandatory",
-            f"server smb encrypt = {'required' if self.encrypt else 'desired'}",
+            f"server smb encrypt = {'required' if self.encrypt else 'if_required'}",
             # The CSV tree is a symlink out of each node's C drive; Windows clients see it as a
             # directory, so Samba must follow it and present it as one.
             "unix extensions = no",
@@ -193,7 +196,7 @@ class SambaServer:
             lines += [
                 f"[{_conf_value(name)}]",
                 f"path = {_conf_value(str(path))}",
-                "read only = no",
+                f"read only = {'yes' if name in self.read_only_shares else 'no'}",
                 "browseable = yes",
                 f"valid users = {UNIX_ACCOUNT} {_conf_value(self.user)}",
                 f"force user = {UNIX_ACCOUNT}",

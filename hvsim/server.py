@@ -222,6 +222,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.conn = conn
         super().__init__(request, client_address, server)
 
+    def version_string(self) -> str:
+        return SERVER_HEADER
+
     # -- logging: the request line and status only (no headers, no bodies) -------------------
 
     def log_message(self, format: str, *args: Any) -> None:

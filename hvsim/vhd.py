@@ -4,7 +4,7 @@ Layout as Windows writes it (compare /work/shared/fixtures/vhd/dissect-dynamic.v
 
     0       footer copy (dynamic/differencing only)
     512     dynamic header (1024 bytes)
-    1536    BAT (u32 sector numbers, 0xFFFFFFFF = unallocated, padded to 512)
+    1536    BAT (u32 sector numbers, 0xFFFFFFFF = unallocated, 0xFF-padded to a 4 KiB boundary)
     ...     differencing: parent locator data (W2ku absolute, W2ru relative; UTF-16LE)
     ...     blocks: 512-byte sector bitmap + data, placed so that the data is 4 KiB aligned
     end     footer (512 bytes)
@@ -21,9 +21,10 @@ import os
 import struct
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable
 
 SECTOR = 512
 FOOTER_SIZE = 512
@@ -49,6 +50,8 @@ PLATFORM_W2RU = b"W2ru"  # relative Windows path, UTF-16LE
 PLATFORM_W2KU = b"W2ku"  # absolute Windows path, UTF-16LE
 LOCATOR_SLOT = 512  # bytes reserved per locator (one sector; paths up to 256 UTF-16 units)
 
+NO_PARENT = uuid.UUID(int=0)
+
 _FOOTER = struct.Struct(">8sIIQI4sI4sQQHBBII16sB427s")
 _DYN = struct.Struct(">8sQQIIII16sII512s192s256s")
 _LOCATOR = struct.Struct(">4sIIIQ")
@@ -59,7 +62,7 @@ def checksum(buf: bytes) -> int:
     return ~sum(buf) & 0xFFFFFFFF
 
 
-def chs(size: int) -> Tuple[int, int, int]:
+def chs(size: int) -> tuple[int, int, int]:
     """CHS geometry from the VHD specification's algorithm."""
     total = min(size // SECTOR, 65535 * 16 * 255)
     if total >= 65535 * 16 * 63:
@@ -100,7 +103,7 @@ class Footer:
         return _FOOTER.pack(*fields)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Optional[Footer]:
+    def unpack(cls, buf: bytes) -> Footer | None:
         if len(buf) < FOOTER_SIZE or buf[:8] != b"conectix":
             return None
         f = _FOOTER.unpack_from(buf, 0)
@@ -118,13 +121,14 @@ class DynamicHeader:
     table_offset: int
     max_table_entries: int
     block_size: int
-    parent_unique_id: uuid.UUID = uuid.UUID(int=0)
+    parent_unique_id: uuid.UUID = NO_PARENT
     parent_timestamp: int = 0
     parent_name: str = ""
-    locators: List[Tuple[bytes, int, int, int]] = field(default_factory=list)  # code, space, length, offset
+    locators: list[tuple[bytes, int, int, int]] = field(default_factory=list)  # code, space, length, offset
 
     def pack(self) -> bytes:
-        locs = b"".join(_LOCATOR.pack(code, space, length, 0, off) for code, space, length, off in self.locators)
+        locs = b"".join(_LOCATOR.pack(code, space, length, 0, off)
+                        for code, space, length, off in self.locators)
         locs = locs.ljust(192, b"\0")
         name = self.parent_name.encode("utf-16-be")[:512].ljust(512, b"\0")
         fields = [b"cxsparse", 0xFFFFFFFFFFFFFFFF, self.table_offset, 0x00010000, self.max_table_entries,
@@ -135,7 +139,7 @@ class DynamicHeader:
         return _DYN.pack(*fields)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Optional[DynamicHeader]:
+    def unpack(cls, buf: bytes) -> DynamicHeader | None:
         if len(buf) < DYN_HEADER_SIZE or buf[:8] != b"cxsparse":
             return None
         f = _DYN.unpack_from(buf, 0)
@@ -152,7 +156,7 @@ class DynamicHeader:
         return cls(f[2], f[4], f[5], uuid.UUID(bytes_le=f[7]), f[8], name, locators)
 
 
-def vhd_timestamp(unix: Optional[float] = None) -> int:
+def vhd_timestamp(unix: float | None = None) -> int:
     """Seconds since 2000-01-01 UTC."""
     return max(0, int(time.time() if unix is None else unix) - VHD_EPOCH)
 
@@ -166,8 +170,8 @@ def bitmap_size(block_size: int) -> int:
 
 
 def create(path: Path, kind: str, virtual_size: int, block_size: int, *,
-           fill: Optional[Callable[[int, int], Optional[bytes]]] = None,
-           parent: Optional[Tuple[uuid.UUID, int, str, str]] = None) -> None:
+           fill: Callable[[int, int], bytes | None] | None = None,
+           parent: tuple[uuid.UUID, int, str, str] | None = None) -> None:
     """Write a new VHD.
 
     ``fill(offset, length)`` gives initial content for a chunk (None = zeros/unallocated);
@@ -197,10 +201,12 @@ def create(path: Path, kind: str, virtual_size: int, block_size: int, *,
             f.write(Footer(TYPE_FIXED, virtual_size, uid, 0xFFFFFFFFFFFFFFFF, ts).pack())
             return
         entries = -(-virtual_size // block_size)
-        bat_bytes = -(-(entries * 4) // SECTOR) * SECTOR
+        # Windows pads the BAT with 0xFF up to a 4 KiB boundary and starts the first
+        # block's data one 4 KiB page later (bitmap in the sector before it).
+        bat_bytes = -(-(BAT_OFFSET + entries * 4) // DATA_ALIGN) * DATA_ALIGN - BAT_OFFSET
         pos = BAT_OFFSET + bat_bytes
         dyn = DynamicHeader(BAT_OFFSET, entries, block_size)
-        blobs: List[Tuple[int, bytes]] = []
+        blobs: list[tuple[int, bytes]] = []
         if parent is not None:
             puid, pts, abs_path, rel_path = parent
             dyn.parent_unique_id, dyn.parent_timestamp = puid, pts
@@ -218,6 +224,7 @@ def create(path: Path, kind: str, virtual_size: int, block_size: int, *,
         for off, data in blobs:
             f.seek(off)
             f.write(data)
+        pos = -(-(pos + SECTOR) // DATA_ALIGN) * DATA_ALIGN - SECTOR
         f.truncate(pos)
         f.seek(pos)
         f.write(footer.pack())
@@ -239,7 +246,7 @@ class Vhd:
     path: Path
     f: BinaryIO
     footer: Footer
-    dyn: Optional[DynamicHeader]
+    dyn: DynamicHeader | None
 
     @property
     def kind(self) -> str:
@@ -313,7 +320,7 @@ class Vhd:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def bat(self) -> List[int]:
+    def bat(self) -> list[int]:
         assert self.dyn is not None
         n = self.dyn.max_table_entries
         return list(struct.unpack(f">{n}I", _pread(self.f, self.dyn.table_offset, n * 4)))
@@ -322,7 +329,7 @@ class Vhd:
         assert self.dyn is not None
         return int(struct.unpack(">I", _pread(self.f, self.dyn.table_offset + block * 4, 4))[0])
 
-    def locator_path(self, code: bytes) -> Optional[str]:
+    def locator_path(self, code: bytes) -> str | None:
         """Decoded parent locator of a platform code (W2ku / W2ru)."""
         if self.dyn is None:
             return None
@@ -331,7 +338,7 @@ class Vhd:
                 return _pread(self.f, off, length).decode("utf-16-le")
         return None
 
-    def runs(self, offset: int, length: int) -> Iterator[Tuple[int, int, str, int]]:
+    def runs(self, offset: int, length: int) -> Iterator[tuple[int, int, str, int]]:
         """(offset, length, "data"|"zero"|"parent", file_offset) runs of a virtual range."""
         end = min(offset + length, self.virtual_size)
         if self.dyn is None:
@@ -362,18 +369,18 @@ class Vhd:
                         yield r0, r1 - r0, "parent" if self.differencing else "zero", 0
             pos = stop
 
-    def read(self, offset: int, length: int, parent: Optional[Callable[[int, int], bytes]]) -> bytes:
+    def read(self, offset: int, length: int, parent: Callable[[int, int], bytes] | None) -> bytes:
         """Guest-visible bytes; ``parent(offset, length)`` supplies fall-through reads."""
-        out = bytearray()
+        out = bytearray(max(0, min(offset + length, self.virtual_size) - offset))
+        view = memoryview(out)
         for off, n, what, foff in self.runs(offset, length):
+            rel = off - offset
             if what == "data":
-                out += _pread(self.f, foff, n)
+                os.preadv(self.f.fileno(), [view[rel:rel + n]], foff)  # short read at EOF leaves zeros
             elif what == "parent":
                 if parent is None:
                     raise ValueError(f"{self.path}: differencing disk read needs its parent")
-                out += parent(off, n)
-            else:
-                out += bytes(n)
+                view[rel:rel + n] = parent(off, n)
         return bytes(out)
 
     def _allocate(self, block: int) -> int:
@@ -434,7 +441,7 @@ class Vhd:
                 self.write(pos, bytes(stop - pos))
             pos = stop
 
-    def set_parent(self, parent: Tuple[uuid.UUID, int, str, str]) -> None:
+    def set_parent(self, parent: tuple[uuid.UUID, int, str, str]) -> None:
         """Rewrite parent identity and locators (paths must fit the existing locator space)."""
         assert self.dyn is not None
         puid, pts, abs_path, rel_path = parent
@@ -444,14 +451,14 @@ class Vhd:
             text = abs_path if code == PLATFORM_W2KU else rel_path
             data = text.encode("utf-16-le")
             if len(data) > space:
-                raise ValueError(f"{self.path}: new parent path does not fit the locator space ({space} bytes)")
+                raise ValueError(f"{self.path}: new parent path does not fit the {space}-byte locator")
             _pwrite(self.f, off, data.ljust(space, b"\0"))
             new_locs.append((code, space, len(data), off))
         self.dyn.locators = new_locs
         _pwrite(self.f, self.footer.data_offset, self.dyn.pack())
 
 
-def relative_path(child_host_path: Optional[str], parent_host_path: str) -> str:
+def relative_path(child_host_path: str | None, parent_host_path: str) -> str:
     """Windows relative path of the parent seen from the child's folder."""
     p = PureWindowsPath(parent_host_path)
     if not child_host_path:
@@ -482,7 +489,7 @@ def _pwrite(f: BinaryIO, offset: int, data: bytes) -> None:
         offset += n
 
 
-def _bit_runs_msb(bits: bytes, start: int, end: int) -> Iterator[Tuple[int, int, bool]]:
+def _bit_runs_msb(bits: bytes, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
     """Runs (first, count, value) of MSB-first bits in [start, end)."""
     pos = start
     while pos < end:

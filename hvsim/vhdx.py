@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -86,7 +87,8 @@ SB_BLOCK_NOT_PRESENT = 0
 SB_BLOCK_PRESENT = 6
 BAT_STATE_MASK = 0x7
 BAT_OFFSET_MASK = 0xFFFFFFFFFFF00000
-ZERO_STATES = (PAYLOAD_BLOCK_UNDEFINED, PAYLOAD_BLOCK_ZERO, PAYLOAD_BLOCK_UNMAPPED, PAYLOAD_BLOCK_UNMAPPED_V095)
+ZERO_STATES = (PAYLOAD_BLOCK_UNDEFINED, PAYLOAD_BLOCK_ZERO, PAYLOAD_BLOCK_UNMAPPED,
+               PAYLOAD_BLOCK_UNMAPPED_V095)
 
 _HEADER = struct.Struct("<4sIQ16s16s16sHHIQ")
 _RT_HEADER = struct.Struct("<4sIII")
@@ -103,7 +105,7 @@ LOG_SECTOR = 4 * KiB
 # ---------------------------------------------------------------------------- CRC-32C
 
 
-def _crc_table() -> Tuple[int, ...]:
+def _crc_table() -> tuple[int, ...]:
     poly = 0x82F63B78  # Castagnoli, reflected
     table = []
     for i in range(256):
@@ -117,14 +119,55 @@ def _crc_table() -> Tuple[int, ...]:
 _CRC_TABLE = _crc_table()
 
 
+def _crc_step_zero(c: int) -> int:
+    return _CRC_TABLE[c & 0xFF] ^ (c >> 8)
+
+
+def _gf2_apply(op: list[int], v: int) -> int:
+    r, i = 0, 0
+    while v:
+        if v & 1:
+            r ^= op[i]
+        v >>= 1
+        i += 1
+    return r
+
+
+def _zero_operators() -> list[list[int]]:
+    """Operators that advance the CRC register over 2**k zero bytes (the update is linear over GF(2))."""
+    ops = [[_crc_step_zero(1 << i) for i in range(32)]]
+    for _ in range(40):
+        prev = ops[-1]
+        ops.append([_gf2_apply(prev, prev[i]) for i in range(32)])
+    return ops
+
+
+_ZERO_OPS: list[list[int]] = []
+
+
+def _skip_zeros(c: int, n: int) -> int:
+    if not _ZERO_OPS:
+        _ZERO_OPS.extend(_zero_operators())
+    k = 0
+    while n:
+        if n & 1:
+            c = _gf2_apply(_ZERO_OPS[k], c)
+        n >>= 1
+        k += 1
+    return c
+
+
 def crc32c(data: bytes, crc: int = 0) -> int:
     """CRC-32C (Castagnoli) as VHDX uses it; ``crc`` continues a previous result."""
     table = _CRC_TABLE
     c = crc ^ 0xFFFFFFFF
-    # Most checksummed structures are a few hundred bytes followed by zeros; the
-    # table lookup for a zero byte is still needed, so no shortcut - keep the loop tight.
-    for b in data:
+    # Checksummed VHDX structures (64 KiB region tables, 4 KiB headers) are mostly
+    # a trailing run of zeros: feed the bytes before it, then jump over the zeros.
+    used = len(data.rstrip(b"\0"))
+    for b in data[:used]:
         c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    if used < len(data):
+        c = _skip_zeros(c, len(data) - used)
     return c ^ 0xFFFFFFFF
 
 
@@ -135,7 +178,7 @@ def _with_checksum(buf: bytearray, at: int = 4) -> bytes:
 
 
 def _checksum_ok(buf: bytes, at: int = 4) -> bool:
-    stored = struct.unpack_from("<I", buf, at)[0]
+    stored = int(struct.unpack_from("<I", buf, at)[0])
     tmp = bytearray(buf)
     struct.pack_into("<I", tmp, at, 0)
     return crc32c(bytes(tmp)) == stored
@@ -175,12 +218,13 @@ class Header:
         return _with_checksum(buf)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> Optional[Header]:
+    def unpack(cls, buf: bytes) -> Header | None:
         """Parse a header; None when the signature or checksum is wrong."""
         if len(buf) < HEADER_SIZE or buf[:4] != b"head" or not _checksum_ok(buf[:HEADER_SIZE]):
             return None
         _sig, _ck, seq, fw, dw, lg, lv, ver, ll, lo = _HEADER.unpack_from(buf, 0)
-        return cls(seq, uuid.UUID(bytes_le=fw), uuid.UUID(bytes_le=dw), uuid.UUID(bytes_le=lg), lv, ver, ll, lo)
+        return cls(seq, uuid.UUID(bytes_le=fw), uuid.UUID(bytes_le=dw), uuid.UUID(bytes_le=lg), lv, ver, ll,
+                   lo)
 
 
 def _region_table(bat_length: int) -> bytes:
@@ -192,7 +236,7 @@ def _region_table(bat_length: int) -> bytes:
     return _with_checksum(buf)
 
 
-def parent_locator_bytes(entries: List[Tuple[str, str]]) -> bytes:
+def parent_locator_bytes(entries: list[tuple[str, str]]) -> bytes:
     """Encode a VHDX parent locator (keys and values UTF-16LE, offsets from the item start)."""
     head = _PL_HEADER.size + _PL_ENTRY.size * len(entries)
     blob = bytearray()
@@ -208,7 +252,7 @@ def parent_locator_bytes(entries: List[Tuple[str, str]]) -> bytes:
     return _PL_HEADER.pack(VHDX_PARENT_LOCATOR_TYPE.bytes_le, 0, len(entries)) + bytes(table) + bytes(blob)
 
 
-def parse_parent_locator(buf: bytes) -> List[Tuple[str, str]]:
+def parse_parent_locator(buf: bytes) -> list[tuple[str, str]]:
     """Decode a parent locator item; ValueError on a malformed one."""
     if len(buf) < _PL_HEADER.size:
         raise ValueError("parent locator item too short")
@@ -227,9 +271,9 @@ def parse_parent_locator(buf: bytes) -> List[Tuple[str, str]]:
     return out
 
 
-def _metadata_region(block_size: int, fp_flags: int, virtual_size: int, disk_id: uuid.UUID, lss: int,
-                     pss: int, locator: Optional[bytes]) -> bytes:
-    items: List[Tuple[uuid.UUID, bytes, int]] = [
+def _metadata_region(block_size: int, fp_flags: int, virtual_size: int, *, disk_id: uuid.UUID, lss: int,
+                     pss: int, locator: bytes | None) -> bytes:
+    items: list[tuple[uuid.UUID, bytes, int]] = [
         (FILE_PARAMETERS_GUID, struct.pack("<II", block_size, fp_flags), MD_IS_REQUIRED),
         (VIRTUAL_DISK_SIZE_GUID, struct.pack("<Q", virtual_size), MD_IS_REQUIRED | MD_IS_VIRTUAL_DISK),
         (LOGICAL_SECTOR_GUID, struct.pack("<I", lss), MD_IS_REQUIRED | MD_IS_VIRTUAL_DISK),
@@ -268,9 +312,9 @@ def bat_entry_count(virtual_size: int, block_size: int, lss: int, differencing: 
 # ---------------------------------------------------------------------------- creation
 
 
-def create(path: Path, kind: str, virtual_size: int, block_size: int, lss: int, pss: int, *,
-           disk_id: Optional[uuid.UUID] = None, locator: Optional[bytes] = None,
-           fill: Optional[Callable[[int], Optional[bytes]]] = None) -> None:
+def create(path: Path, kind: str, virtual_size: int, block_size: int, *, lss: int, pss: int,
+           disk_id: uuid.UUID | None = None, locator: bytes | None = None,
+           fill: Callable[[int], bytes | None] | None = None) -> None:
     """Write a new VHDX file.
 
     ``fill(block_index)`` returns a block's initial content (None = leave it
@@ -311,7 +355,8 @@ def create(path: Path, kind: str, virtual_size: int, block_size: int, lss: int, 
             f.seek(off)
             f.write(rt)
         f.seek(METADATA_OFFSET)
-        f.write(_metadata_region(block_size, fp_flags, virtual_size, disk_id or uuid.uuid4(), lss, pss, locator))
+        f.write(_metadata_region(block_size, fp_flags, virtual_size, disk_id=disk_id or uuid.uuid4(), lss=lss,
+                                 pss=pss, locator=locator))
         for i in range(data_blocks):
             content = fill(i) if fill is not None and not diff else None
             if kind == "fixed" or content is not None:
@@ -335,7 +380,7 @@ class Vhdx:
 
     path: Path
     f: BinaryIO
-    headers: List[Optional[Header]]
+    headers: list[Header | None]
     current: int
     block_size: int
     fp_flags: int
@@ -345,8 +390,8 @@ class Vhdx:
     pss: int
     bat_offset: int
     bat_length: int
-    locator: List[Tuple[str, str]] = field(default_factory=list)
-    locator_item: Tuple[int, int] = (0, 0)  # (offset in region, length) of the parent locator item
+    locator: list[tuple[str, str]] = field(default_factory=list)
+    locator_item: tuple[int, int] = (0, 0)  # (offset in region, length) of the parent locator item
     session_open: bool = False
 
     # -- properties
@@ -378,7 +423,7 @@ class Vhdx:
     def sectors_per_block(self) -> int:
         return self.block_size // self.lss
 
-    def locator_value(self, key: str) -> Optional[str]:
+    def locator_value(self, key: str) -> str | None:
         for k, v in self.locator:
             if k == key:
                 return v
@@ -390,7 +435,11 @@ class Vhdx:
         """Open and validate; ValueError names what is wrong."""
         f = open(path, "r+b" if writable else "rb")  # noqa: SIM115 - owned by the returned object
         try:
-            return cls._parse(path, f)
+            d = cls._parse(path, f)
+            if writable and d.header.log_guid != ZERO_GUID:
+                raise ValueError(f"{path}: the VHDX log is not empty (LogGuid {d.header.log_guid}); "
+                                 "replay it first, e.g. with 'qemu-img check -r all'")
+            return d
         except BaseException:
             f.close()
             raise
@@ -466,7 +515,7 @@ class Vhdx:
             raise ValueError(f"{path}: invalid sector sizes {lss}/{pss}")
         if vsize == 0 or vsize % lss:
             raise ValueError(f"{path}: invalid virtual size {vsize}")
-        locator: List[Tuple[str, str]] = []
+        locator: list[tuple[str, str]] = []
         loc_item = (0, 0)
         if fp_flags & FP_HAS_PARENT:
             if PARENT_LOCATOR_GUID not in items:
@@ -476,10 +525,11 @@ class Vhdx:
         bat_off, bat_len = regions[BAT_GUID]
         d = cls(path, f, headers, current, block_size, fp_flags, vsize, disk_id, lss, pss, bat_off, bat_len,
                 locator, loc_item)
-        need = bat_entry_count(vsize, block_size, lss, d.differencing) * 8
-        if need > bat_len:
-            raise ValueError(f"{path}: BAT region too small ({bat_len} < {need})")
-        d.check_bat(size)
+        bat_need = bat_entry_count(vsize, block_size, lss, d.differencing) * 8
+        if bat_need > bat_len:
+            raise ValueError(f"{path}: BAT region too small ({bat_len} < {bat_need})")
+        d.check_bat(size, [(hdr.log_offset, hdr.log_length, "the log"), (bat_off, bat_len, "the BAT region"),
+                           (md_off, md_len, "the metadata region")])
         return d
 
     def close(self) -> None:
@@ -492,23 +542,37 @@ class Vhdx:
         self.close()
 
     # -- BAT
-    def bat(self) -> List[int]:
+    def bat(self) -> list[int]:
         n = bat_entry_count(self.virtual_size, self.block_size, self.lss, self.differencing)
         return list(struct.unpack(f"<{n}Q", _pread(self.f, self.bat_offset, n * 8)))
 
-    def check_bat(self, file_size: int) -> None:
-        """Every present block must lie inside the file, 1 MiB aligned, without overlaps."""
+    def check_bat(self, file_size: int, regions: list[tuple[int, int, str]]) -> None:
+        """Consistency of the BAT (MS-VHDX 2.5): states valid for the disk type, every
+        present block inside the file and 1 MiB aligned, no block overlapping another
+        block, the log, the BAT or the metadata region, and a present sector bitmap for
+        every partially present block.
+        """
         cr = self.chunk_ratio
-        seen = set()
-        for idx, e in enumerate(self.bat()):
+        spans = list(regions)
+        bat = self.bat()
+        for idx, e in enumerate(bat):
             state = e & BAT_STATE_MASK
             is_sb = idx % (cr + 1) == cr
+            if is_sb:
+                if state not in (SB_BLOCK_NOT_PRESENT, SB_BLOCK_PRESENT):
+                    raise ValueError(f"{self.path}: sector bitmap entry {idx} has invalid state {state}")
+                if state == SB_BLOCK_PRESENT and not self.differencing:
+                    raise ValueError(f"{self.path}: sector bitmap block {idx} in a non-differencing disk")
+            elif state not in (0, 1, 2, 3, 5, 6, 7):
+                raise ValueError(f"{self.path}: BAT entry {idx} has invalid state {state}")
+            elif state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+                if not self.differencing:
+                    raise ValueError(f"{self.path}: partially present block {idx} in a non-differencing disk")
+                sbi = (idx // (cr + 1)) * (cr + 1) + cr
+                if sbi >= len(bat) or bat[sbi] & BAT_STATE_MASK != SB_BLOCK_PRESENT:
+                    raise ValueError(f"{self.path}: partially present block {idx} without a sector bitmap")
             present = state == SB_BLOCK_PRESENT if is_sb else state in (
                 PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT)
-            if not is_sb and state not in (0, 1, 2, 3, 5, 6, 7):
-                raise ValueError(f"{self.path}: BAT entry {idx} has invalid state {state}")
-            if not is_sb and state == PAYLOAD_BLOCK_PARTIALLY_PRESENT and not self.differencing:
-                raise ValueError(f"{self.path}: partially present block {idx} in a non-differencing disk")
             if not present:
                 continue
             off = e & BAT_OFFSET_MASK
@@ -516,9 +580,11 @@ class Vhdx:
             if off < 1 * MiB or off + length > file_size:
                 raise ValueError(f"{self.path}: BAT entry {idx} points outside the file "
                                  f"({off}+{length} > {file_size}); truncated?")
-            if off in seen:
-                raise ValueError(f"{self.path}: BAT entry {idx} shares its offset with another block")
-            seen.add(off)
+            spans.append((off, length, f"BAT entry {idx}"))
+        spans.sort()
+        for (o1, n1, w1), (o2, _n2, w2) in zip(spans, spans[1:]):
+            if o1 + n1 > o2:
+                raise ValueError(f"{self.path}: {w1} overlaps {w2}")
 
     def _entry(self, idx: int) -> int:
         return int(struct.unpack("<Q", _pread(self.f, self.bat_offset + idx * 8, 8))[0])
@@ -544,7 +610,7 @@ class Vhdx:
         return off
 
     # -- sector bitmaps
-    def _bitmap_loc(self, block: int) -> Tuple[int, int]:
+    def _bitmap_loc(self, block: int) -> tuple[int, int]:
         """(sector-bitmap BAT index, first bit of ``block`` in that bitmap)."""
         cr = self.chunk_ratio
         return self.sb_index(block // cr), (block % cr) * self.sectors_per_block
@@ -592,7 +658,7 @@ class Vhdx:
         self.session_open = True
 
     # -- guest view
-    def runs(self, offset: int, length: int) -> Iterator[Tuple[int, int, str, int]]:
+    def runs(self, offset: int, length: int) -> Iterator[tuple[int, int, str, int]]:
         """Split [offset, offset+length) into (offset, length, what, file_offset) runs.
 
         ``what`` is "data" (bytes at file_offset), "zero" or "parent" (fall through).
@@ -626,18 +692,18 @@ class Vhdx:
                 yield pos, stop - pos, "zero", 0
             pos = stop
 
-    def read(self, offset: int, length: int, parent: Optional[Callable[[int, int], bytes]]) -> bytes:
+    def read(self, offset: int, length: int, parent: Callable[[int, int], bytes] | None) -> bytes:
         """Guest-visible bytes; ``parent(offset, length)`` supplies fall-through reads."""
-        out = bytearray()
+        out = bytearray(max(0, min(offset + length, self.virtual_size) - offset))
+        view = memoryview(out)
         for off, n, what, foff in self.runs(offset, length):
+            rel = off - offset
             if what == "data":
-                out += _pread(self.f, foff, n)
+                os.preadv(self.f.fileno(), [view[rel:rel + n]], foff)  # short read at EOF leaves zeros
             elif what == "parent":
                 if parent is None:
                     raise ValueError(f"{self.path}: differencing disk read needs its parent")
-                out += parent(off, n)
-            else:
-                out += bytes(n)
+                view[rel:rel + n] = parent(off, n)
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -693,7 +759,7 @@ class Vhdx:
             pos = stop
 
     # -- locator
-    def set_locator(self, entries: List[Tuple[str, str]]) -> None:
+    def set_locator(self, entries: list[tuple[str, str]]) -> None:
         """Rewrite the parent locator item in place (caller opened a session)."""
         blob = parent_locator_bytes(entries)
         md = bytearray(_pread(self.f, METADATA_OFFSET, METADATA_LENGTH))
@@ -720,8 +786,8 @@ class Vhdx:
 # ---------------------------------------------------------------------------- locators
 
 
-def make_locator_entries(parent_data_write_guid: uuid.UUID, child_host_path: Optional[str],
-                         parent_host_path: str) -> List[Tuple[str, str]]:
+def make_locator_entries(parent_data_write_guid: uuid.UUID, child_host_path: str | None,
+                         parent_host_path: str) -> list[tuple[str, str]]:
     r"""Parent locator keys as Hyper-V writes them for a checkpoint's ``.avhdx``.
 
     ``relative_path`` is relative to the child's folder (``.\parent.vhdx`` when both
@@ -729,10 +795,7 @@ def make_locator_entries(parent_data_write_guid: uuid.UUID, child_host_path: Opt
     uses a volume GUID derived from the drive/share so it is stable per volume.
     """
     p = PureWindowsPath(parent_host_path)
-    if child_host_path:
-        rel = _relative_windows(PureWindowsPath(child_host_path).parent, p)
-    else:
-        rel = ".\\" + p.name
+    rel = _relative_windows(PureWindowsPath(child_host_path).parent, p) if child_host_path else ".\\" + p.name
     if parent_host_path.startswith("\\\\"):
         absolute = "\\\\?\\UNC\\" + parent_host_path[2:]
     else:
@@ -825,7 +888,7 @@ def _set_bit_range(buf: bytearray, start: int, count: int) -> None:
         pos += 1
 
 
-def _bit_runs(bits: bytes, start: int, end: int) -> Iterator[Tuple[int, int, bool]]:
+def _bit_runs(bits: bytes, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
     """Runs (first, count, value) of the LSB-first bits in [start, end)."""
     pos = start
     while pos < end:

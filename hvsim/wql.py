@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Sequence, Tuple, Union
 
 from hvsim.cim import CimInstance, CimInterval, CimRef, ClassDef
 
@@ -38,15 +38,16 @@ class WqlError(ValueError):
 class ObjectPath:
     """A parsed WMI object path; ``keys`` keep the spelling and order of the text."""
 
-    host: Optional[str]
-    namespace: Optional[str]  # with '/' separators, e.g. "root/virtualization/v2"
+    host: str | None
+    namespace: str | None  # with '/' separators, e.g. "root/virtualization/v2"
     class_name: str
-    keys: Tuple[Tuple[Optional[str], str], ...]  # (None, v) for the single-key form ``Class="v"``
+    keys: Tuple[Tuple[str | None, str], ...]  # (None, v) for the single-key form ``Class="v"``
 
     def to_ref(self, default_namespace: str, key_names: Sequence[str] = ()) -> CimRef:
         """The :class:`CimRef` this path names; ``key_names`` resolves the single-key form."""
         keys: List[Tuple[str, str]] = []
-        for name, value in self.keys:
+        for given, value in self.keys:
+            name = given
             if name is None:
                 if len(key_names) != 1:
                     raise WqlError(f"object path {self.class_name}=... needs key names")
@@ -79,8 +80,8 @@ def _read_quoted(text: str, pos: int) -> Tuple[str, int]:
 def parse_object_path(text: str) -> ObjectPath:
     r"""Parse a WMI object path such as ``\\HV01\root\virtualization\v2:Msvm_X.InstanceID="a\\b"``."""
     s = text.strip()
-    host: Optional[str] = None
-    namespace: Optional[str] = None
+    host: str | None = None
+    namespace: str | None = None
     if s.startswith(("\\\\", "//")):
         rest = s[2:]
         m = re.match(r"[^\\/]+", rest)
@@ -92,7 +93,7 @@ def parse_object_path(text: str) -> ObjectPath:
             s = s[1:]
     # The namespace ends at the first ':' that is not inside quotes.
     colon = -1
-    quote: Optional[str] = None
+    quote: str | None = None
     for i, c in enumerate(s):
         if quote:
             if c == "\\":
@@ -114,7 +115,7 @@ def parse_object_path(text: str) -> ObjectPath:
         raise WqlError(f"object path {text!r} has no class name")
     class_name = m.group(0)
     pos = m.end()
-    keys: List[Tuple[Optional[str], str]] = []
+    keys: List[Tuple[str | None, str]] = []
     if pos < len(s) and s[pos] == "=":
         value, pos = _read_value(s, pos + 1, text)
         keys.append((None, value))
@@ -240,7 +241,7 @@ def _tokenize(text: str) -> List[_Tok]:
 
 
 def _matching_brace(text: str, start: int) -> int:
-    quote: Optional[str] = None
+    quote: str | None = None
     i = start + 1
     while i < len(text):
         c = text[i]
@@ -315,8 +316,8 @@ class SelectQuery:
     """``SELECT props FROM class_name WHERE where``; ``props`` None means ``*``."""
 
     class_name: str
-    props: Optional[Tuple[str, ...]] = None
-    where: Optional[Expr] = None
+    props: Tuple[str, ...] | None = None
+    where: Expr | None = None
     text: str = ""
 
 
@@ -325,10 +326,10 @@ class AssociatorsQuery:
     """``ASSOCIATORS OF {path}`` with its WHERE keywords."""
 
     path: ObjectPath
-    assoc_class: Optional[str] = None
-    result_class: Optional[str] = None
-    role: Optional[str] = None
-    result_role: Optional[str] = None
+    assoc_class: str | None = None
+    result_class: str | None = None
+    role: str | None = None
+    result_role: str | None = None
     text: str = ""
 
 
@@ -337,8 +338,8 @@ class ReferencesQuery:
     """``REFERENCES OF {path}``; ``result_class`` names the association class."""
 
     path: ObjectPath
-    result_class: Optional[str] = None
-    role: Optional[str] = None
+    result_class: str | None = None
+    role: str | None = None
     text: str = ""
 
 
@@ -392,7 +393,7 @@ class _Parser:
 
     def select(self) -> SelectQuery:
         self.expect_kw("SELECT")
-        props: Optional[List[str]] = None
+        props: List[str] | None = None
         if self.peek().kind == "STAR":
             self.take()
         else:
@@ -402,7 +403,7 @@ class _Parser:
                 props.append(self.ident("property name"))
         self.expect_kw("FROM")
         cls = self.ident("class name")
-        where: Optional[Expr] = None
+        where: Expr | None = None
         if self.is_kw("WHERE"):
             self.take()
             where = self.or_expr()
@@ -467,7 +468,7 @@ class _Parser:
     def literal(self) -> Tuple[bool, Any]:
         """(is_literal, value): a literal, or (False, property name)."""
         t = self.take()
-        if t.kind == "STR" or t.kind == "NUM":
+        if t.kind in ("STR", "NUM"):
             return True, t.value
         if t.kind == "KW" and t.value in ("TRUE", "FALSE"):
             return True, t.value == "TRUE"
@@ -572,7 +573,7 @@ IsA = Callable[[str, str], bool]  # (class_name, base) -> bool
 _SYSTEM_PROPS = ("__CLASS",)
 
 
-def check_properties(expr: Optional[Expr], props: Optional[Sequence[str]], cdef: ClassDef) -> None:
+def check_properties(expr: Expr | None, props: Sequence[str] | None, cdef: ClassDef) -> None:
     """Raise :class:`WqlError` when the query names a property the class lacks (WMI does too)."""
     names: List[str] = list(props or ())
     stack: List[Expr] = [expr] if expr is not None else []
@@ -592,7 +593,7 @@ def check_properties(expr: Optional[Expr], props: Optional[Sequence[str]], cdef:
             raise WqlError(f"class {cdef.name} has no property {name!r}")
 
 
-def evaluate(expr: Optional[Expr], inst: CimInstance, cdef: Optional[ClassDef], is_a: IsA) -> bool:
+def evaluate(expr: Expr | None, inst: CimInstance, cdef: ClassDef | None, is_a: IsA) -> bool:
     """Whether ``inst`` satisfies ``expr`` (None = no WHERE clause)."""
     if expr is None:
         return True
@@ -625,7 +626,7 @@ def _prop_value(inst: CimInstance, name: str) -> Any:
     return inst.get(name)
 
 
-def _prop_type(cdef: Optional[ClassDef], name: str) -> Optional[str]:
+def _prop_type(cdef: ClassDef | None, name: str) -> str | None:
     if cdef is None:
         return None
     p = cdef.prop(name)
@@ -655,7 +656,7 @@ def _ref_text(ref: CimRef) -> str:
     return f"{ns}:{ref.class_name}.{keys}"
 
 
-def _compare(value: Any, op: str, const: Any, ptype: Optional[str]) -> bool:
+def _compare(value: Any, op: str, const: Any, ptype: str | None) -> bool:
     if const is None:
         # WMI treats "= NULL" / "<> NULL" like IS [NOT] NULL.
         if op == "=":
@@ -753,14 +754,14 @@ def _to_datetime(const: Any) -> Any:
         raise WqlError(f"{const!r} is not a CIM datetime") from exc
 
 
-def _ref_from_const(const: Any, default_ns: str) -> Optional[CimRef]:
+def _ref_from_const(const: Any, default_ns: str) -> CimRef | None:
     try:
         return parse_object_path(str(const)).to_ref(default_ns)
     except WqlError:
         return None
 
 
-def project(inst: CimInstance, props: Optional[Sequence[str]], cdef: Optional[ClassDef]) -> CimInstance:
+def project(inst: CimInstance, props: Sequence[str] | None, cdef: ClassDef | None) -> CimInstance:
     """The instance reduced to the selected properties (``SELECT a, b``), in schema order."""
     if props is None:
         return inst

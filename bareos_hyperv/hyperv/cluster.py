@@ -10,9 +10,9 @@ from typing import Optional
 
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.model.cluster import ClusterFacts, ClusterNode, NodeState, SharedVolume, VmGroup
-from bareos_hyperv.wsman.cim import CimInstance
+from bareos_hyperv.wsman.cim import CimInstance, parse_cimxml
 from bareos_hyperv.wsman.client import CimClient
-from bareos_hyperv.wsman.errors import WsmanFault
+from bareos_hyperv.wsman.errors import InvalidFilterFault, NotFoundFault
 
 _MB = 1024 * 1024
 
@@ -25,10 +25,8 @@ def cluster_of(client: CimClient) -> Optional[CimInstance]:
     """
     try:
         found = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER}")
-    except WsmanFault as exc:
-        if exc.is_not_found or exc.is_invalid_namespace:
-            return None
-        raise
+    except (NotFoundFault, InvalidFilterFault):
+        return None
     return found[0] if found else None
 
 
@@ -39,8 +37,16 @@ def _node_state(value: Optional[int]) -> NodeState:
         return NodeState.UNKNOWN
 
 
+def _int_or(value: Optional[int], default: int) -> int:
+    return default if value is None else value
+
+
 def _vm_id(resource: CimInstance) -> Optional[str]:
+    # PrivateProperties is an embedded MSCluster_Property; depending on the WinRM
+    # version it arrives as a nested element or as CIM-XML text.
     props = resource.get("PrivateProperties")
+    if isinstance(props, str) and props.lstrip().startswith("<"):
+        props = parse_cimxml(props)
     if isinstance(props, CimInstance):
         vm_id = props.opt_str("VmId")
         return vm_id.upper() if vm_id else None
@@ -69,7 +75,7 @@ def vm_groups(client: CimClient) -> list[VmGroup]:
                 name=name,
                 vm_guid=vm_of_group.get(name.lower()),
                 owner_node=(g.opt_str("OwnerNode") or "").upper(),
-                state=g.opt_int("State") if g.opt_int("State") is not None else -1,  # type: ignore[arg-type]  # checked
+                state=_int_or(g.opt_int("State"), -1),
                 preferred_owners=tuple(n.upper() for n in g.strs("PreferredOwners")) if "PreferredOwners" in g
                 else (),
                 resources=tuple(names_of_group.get(name.lower(), [])),

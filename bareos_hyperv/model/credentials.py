@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 from bareos_hyperv.errors import ConfigurationError
 
 ENV_USERNAME = "BAREOS_HYPERV_USERNAME"
-ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"
+ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"  # noqa: S105 - the variable name, not a password
 ENV_DOMAIN = "BAREOS_HYPERV_DOMAIN"
 
 _KEYS = ("username", "password", "domain")
@@ -40,10 +40,11 @@ class Credentials:
 
     __slots__ = ("_password", "domain", "username")
 
-    def __init__(self, username: str, password: str, domain: Optional[str] = None) -> None:
+    def __init__(self, username: str, password: str, domain: str | None = None) -> None:
         if not username:
-            raise ConfigurationError("the Hyper-V user name is empty",
-                                     what_to_do="set username= in the credentials file")
+            raise ConfigurationError(
+                "the Hyper-V user name is empty", what_to_do="set username= in the credentials file"
+            )
         if "\\" in username and domain is None:
             domain, username = username.split("\\", 1)
         self.username = username
@@ -92,8 +93,10 @@ class Credentials:
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
-                raise ConfigurationError(f"the credentials file {path} is not a regular file",
-                                         what_to_do="point credentials_file= at a regular file")
+                raise ConfigurationError(
+                    f"the credentials file {path} is not a regular file",
+                    what_to_do="point credentials_file= at a regular file",
+                )
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise ConfigurationError(
                     f"the credentials file {path} is accessible by group or others "
@@ -116,7 +119,7 @@ class Credentials:
         return cls(values["username"], values["password"], values.get("domain"))
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Credentials:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Credentials:
         """Read ``BAREOS_HYPERV_USERNAME`` / ``_PASSWORD`` / ``_DOMAIN``.
 
         :raises ConfigurationError: user name or password not set.
@@ -133,8 +136,9 @@ class Credentials:
         return cls(username, password, env.get(ENV_DOMAIN) or None)
 
     @classmethod
-    def load(cls, credentials_file: Optional[str] = None,
-             environ: Optional[Mapping[str, str]] = None) -> Credentials:
+    def load(
+        cls, credentials_file: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> Credentials:
         """From ``credentials_file`` when given, else from the environment."""
         if credentials_file:
             return cls.from_file(credentials_file)

@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, List, Mapping, Protocol, Tuple, TypeVar, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Tuple, TypeVar, Union
 
 from smbprotocol.connection import Connection
 from smbprotocol.exceptions import (
@@ -61,6 +61,7 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from bareos_hyperv.errors import StorageError
+from bareos_hyperv.model.credentials import Credentials
 from bareos_hyperv.storage.base import (
     Buffer,
     DirEntry,
@@ -133,19 +134,6 @@ _NOT_FOUND = frozenset({0xC0000034, 0xC000003A, 0xC000000F, _STATUS_BAD_NETWORK_
 _LOGON = frozenset({0xC000006D, 0xC000006A, 0xC0000072, 0xC0000193, 0xC0000071, 0xC0000234, 0xC000006F})
 
 T = TypeVar("T")
-
-
-class Credentials(Protocol):
-    """What SMB authentication needs; ``bareos_hyperv.model.credentials.Credentials`` fits it."""
-
-    @property
-    def username(self) -> str: ...
-
-    @property
-    def password(self) -> str: ...
-
-    @property
-    def domain(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -259,7 +247,7 @@ class SmbStorage:
         endpoints: Mapping[str, Tuple[str, int]] | None = None,
         options: SmbOptions | None = None,
     ) -> SmbStorage:
-        """Build from a credentials object (username, password, domain)."""
+        """Build from the job's :class:`~bareos_hyperv.model.credentials.Credentials`."""
         return cls(
             credentials.username,
             credentials.password,
@@ -763,6 +751,11 @@ class SmbReader:
     def mtime(self) -> float:
         """Last write time when it was opened (seconds since the epoch)."""
         return self._mtime
+
+    @property
+    def in_flight(self) -> int:
+        """Read requests sent and not yet collected."""
+        return len(self._inflight)
 
     # -- pipelined stream --------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import builtins
 import datetime as _dt
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from lxml import etree
 
@@ -65,7 +65,7 @@ def localname(element: etree._Element) -> str:
     return etree.QName(element).localname
 
 
-def namespace_of(element: etree._Element) -> Optional[str]:
+def namespace_of(element: etree._Element) -> str | None:
     """Namespace URI of an element's tag (None when unqualified)."""
     return etree.QName(element).namespace
 
@@ -77,7 +77,7 @@ def child_elements(element: etree._Element) -> Iterator[etree._Element]:
             yield child
 
 
-def _text(element: Optional[etree._Element]) -> Optional[str]:
+def _text(element: etree._Element | None) -> str | None:
     if element is None:
         return None
     return element.text if element.text is not None else ""
@@ -106,15 +106,23 @@ def parse_cim_datetime(text: str) -> Union[datetime, timedelta]:
         year, month, day, hour, minute, second, micro, sign, offset = m.groups()
         minutes = int(offset) * (-1 if sign == "-" else 1)
         return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), int(micro),
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int(micro),
             tzinfo=timezone(timedelta(minutes=minutes)),
         )
     m = _CIM_INTERVAL.match(text)
     if m:
         days, hours, minutes_, seconds, micro = (int(g) for g in m.groups())
         return timedelta(days=days, hours=hours, minutes=minutes_, seconds=seconds, microseconds=micro)
-    raise CimDataError(f"not a CIM datetime or interval: {text[:40]!r}",
-                       what_to_do="expect the DMTF form yyyymmddHHMMSS.mmmmmmsUUU")
+    raise CimDataError(
+        f"not a CIM datetime or interval: {text[:40]!r}",
+        what_to_do="expect the DMTF form yyyymmddHHMMSS.mmmmmmsUUU",
+    )
 
 
 def format_cim_datetime(value: Union[datetime, timedelta]) -> str:
@@ -164,8 +172,9 @@ def parse_xs_duration(text: str) -> timedelta:
     neg, years, months, days, hours, minutes, seconds = m.groups()
     if years or months:
         raise CimDataError(f"interval with years or months cannot be converted exactly: {text!r}")
-    delta = timedelta(days=int(days or 0), hours=int(hours or 0), minutes=int(minutes or 0),
-                      seconds=float(seconds or 0))
+    delta = timedelta(
+        days=int(days or 0), hours=int(hours or 0), minutes=int(minutes or 0), seconds=float(seconds or 0)
+    )
     return -delta if neg else delta
 
 
@@ -208,7 +217,7 @@ class EndpointReference:
 
     @classmethod
     def build(cls, namespace: str, class_name: str, keys: Mapping[str, SelectorValue]) -> EndpointReference:
-        """EPR of a WMI instance from its namespace (``root/virtualization/v2`` or ``root\\...``), class and keys."""
+        """EPR of a WMI instance from namespace (``root/virtualization/v2`` or ``root\\...``), class, keys."""
         return cls(resource_uri(namespace, class_name), keys)
 
     @property
@@ -226,7 +235,7 @@ class EndpointReference:
         """WMI namespace in URI form (``root/virtualization/v2``), or the URI's base for non-WMI URIs."""
         return split_resource_uri(self.resource_uri)[0]
 
-    def selector(self, name: str) -> Optional[SelectorValue]:
+    def selector(self, name: str) -> SelectorValue | None:
         """Value of a selector, by case-insensitive name, or None."""
         lname = name.lower()
         for key, value in self._selectors:
@@ -238,8 +247,10 @@ class EndpointReference:
         """Value of a string selector; raises :class:`CimDataError` when absent or not a string."""
         value = self.selector(name)
         if not isinstance(value, builtins.str):
-            raise CimDataError(f"endpoint reference to {self.class_name} has no string selector {name!r}",
-                               context={"selectors": self._describe_selectors()})
+            raise CimDataError(
+                f"endpoint reference to {self.class_name} has no string selector {name!r}",
+                context={"selectors": self._describe_selectors()},
+            )
         return value
 
     def wql_path(self) -> str:
@@ -250,8 +261,10 @@ class EndpointReference:
         parts = []
         for key, value in self._selectors:
             if not isinstance(value, builtins.str):
-                raise CimDataError(f"selector {key!r} of {self.class_name} is a reference; "
-                                   "it cannot be written as a WQL object path")
+                raise CimDataError(
+                    f"selector {key!r} of {self.class_name} is a reference; "
+                    "it cannot be written as a WQL object path"
+                )
             escaped = value.replace("\\", "\\\\").replace('"', '\\"')
             parts.append(f'{key}="{escaped}"')
         return f"{self.class_name}." + ",".join(parts)
@@ -260,10 +273,16 @@ class EndpointReference:
         return ",".join(f"{k}={v}" for k, v in self._selectors)
 
     def _key(self) -> Tuple[builtins.str, Tuple[Tuple[builtins.str, SelectorValue], ...]]:
-        return (self.resource_uri.lower(), tuple(sorted((k.lower(), v) for k, v in self._selectors
-                                                        if isinstance(v, builtins.str)))
-                + tuple(sorted(((k.lower(), v) for k, v in self._selectors
-                                if not isinstance(v, builtins.str)), key=lambda kv: kv[0])))
+        return (
+            self.resource_uri.lower(),
+            tuple(sorted((k.lower(), v) for k, v in self._selectors if isinstance(v, builtins.str)))
+            + tuple(
+                sorted(
+                    ((k.lower(), v) for k, v in self._selectors if not isinstance(v, builtins.str)),
+                    key=lambda kv: kv[0],
+                )
+            ),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EndpointReference):
@@ -355,9 +374,9 @@ class CimInstance:
         class_name: str,
         properties: Union[Mapping[str, CimValue], Iterable[Tuple[str, CimValue]]] = (),
         *,
-        types: Optional[Mapping[str, str]] = None,
-        epr: Optional[EndpointReference] = None,
-        resource_uri: Optional[str] = None,
+        types: Mapping[str, str] | None = None,
+        epr: EndpointReference | None = None,
+        resource_uri: str | None = None,
     ) -> None:
         self.class_name = class_name
         self.epr = epr
@@ -409,13 +428,13 @@ class CimInstance:
         entry = self._props.get(name.lower())
         return default if entry is None else entry[1]
 
-    def set(self, name: builtins.str, value: CimValue, cim_type: Optional[builtins.str] = None) -> None:
+    def set(self, name: builtins.str, value: CimValue, cim_type: builtins.str | None = None) -> None:
         """Set a property and, optionally, its CIM type (``uint16``, ``string[]`` ...)."""
         self[name] = value
         if cim_type is not None:
             self._types[name.lower()] = cim_type
 
-    def type_of(self, name: builtins.str) -> Optional[builtins.str]:
+    def type_of(self, name: builtins.str) -> builtins.str | None:
         """The CIM type of a property if known (``[]`` suffix for arrays)."""
         return self._types.get(name.lower())
 
@@ -429,7 +448,7 @@ class CimInstance:
         return out
 
     @property
-    def namespace(self) -> Optional[builtins.str]:
+    def namespace(self) -> builtins.str | None:
         """WMI namespace (URI form) the instance came from, when known."""
         if self.resource_uri and self.resource_uri.lower().startswith(WMI_RESOURCE_PREFIX.lower()):
             return split_resource_uri(self.resource_uri)[0]
@@ -444,8 +463,9 @@ class CimInstance:
     def __eq__(self, other: object) -> builtins.bool:
         if not isinstance(other, CimInstance):
             return NotImplemented
-        return (self.class_name.lower() == other.class_name.lower()
-                and {k: v for k, (_, v) in self._props.items()} == {k: v for k, (_, v) in other._props.items()})
+        return self.class_name.lower() == other.class_name.lower() and {
+            k: v for k, (_, v) in self._props.items()
+        } == {k: v for k, (_, v) in other._props.items()}
 
     __hash__ = None  # type: ignore[assignment]  # mutable: not hashable, like dict
 
@@ -459,7 +479,7 @@ class CimInstance:
     def _fail(self, name: builtins.str, problem: builtins.str) -> CimDataError:
         return CimDataError(
             f"property {name} of {self.class_name or 'the instance'} {problem}",
-            what_to_do="check that the host runs a supported Windows/Hyper-V version and the object is complete",
+            what_to_do="check that the host runs a supported Hyper-V version and the object is complete",
             context={"epr": self.epr._describe_selectors() if self.epr else None},
         )
 
@@ -472,10 +492,10 @@ class CimInstance:
         return value
 
     def _scalar(self, name: builtins.str, value: CimValue) -> CimValue:
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             if len(value) != 1:
                 raise self._fail(name, f"is an array of {len(value)} values, expected one value")
-            return value[0]
+            return cast("CimScalar | None", value[0])
         return value
 
     def _as_str(self, name: builtins.str, value: CimValue) -> builtins.str:
@@ -552,13 +572,13 @@ class CimInstance:
         value = self.get(name)
         if value is None:
             return []
-        return list(value) if isinstance(value, list) else [value]
+        return list(value) if isinstance(value, (list, tuple)) else [value]
 
     def str(self, name: builtins.str) -> builtins.str:
         """A non-null string property."""
         return self._as_str(name, self._required(name))
 
-    def opt_str(self, name: builtins.str) -> Optional[builtins.str]:
+    def opt_str(self, name: builtins.str) -> builtins.str | None:
         """A string property, None when absent or null."""
         value = self.get(name)
         return None if value is None else self._as_str(name, value)
@@ -567,7 +587,7 @@ class CimInstance:
         """A non-null integer property (text from WS-Man is converted)."""
         return self._as_int(name, self._required(name))
 
-    def opt_int(self, name: builtins.str) -> Optional[builtins.int]:
+    def opt_int(self, name: builtins.str) -> builtins.int | None:
         """An integer property, None when absent or null."""
         value = self.get(name)
         return None if value is None else self._as_int(name, value)
@@ -576,7 +596,7 @@ class CimInstance:
         """A non-null boolean property (``true``/``false`` text accepted)."""
         return self._as_bool(name, self._required(name))
 
-    def opt_bool(self, name: builtins.str) -> Optional[builtins.bool]:
+    def opt_bool(self, name: builtins.str) -> builtins.bool | None:
         """A boolean property, None when absent or null."""
         value = self.get(name)
         return None if value is None else self._as_bool(name, value)
@@ -589,7 +609,7 @@ class CimInstance:
         """A non-null datetime property (timezone-aware)."""
         return self._as_datetime(name, self._required(name))
 
-    def opt_datetime(self, name: builtins.str) -> Optional[_dt.datetime]:
+    def opt_datetime(self, name: builtins.str) -> _dt.datetime | None:
         """A datetime property, None when absent or null."""
         value = self.get(name)
         return None if value is None else self._as_datetime(name, value)
@@ -602,7 +622,7 @@ class CimInstance:
         """A non-null reference property or out parameter."""
         return self._as_ref(name, self._required(name))
 
-    def opt_ref(self, name: builtins.str) -> Optional[EndpointReference]:
+    def opt_ref(self, name: builtins.str) -> EndpointReference | None:
         """A reference, None when absent or null."""
         value = self.get(name)
         return None if value is None else self._as_ref(name, value)
@@ -633,7 +653,7 @@ class CimInstance:
 
 
 CimScalar = Union[str, bool, int, float, datetime, timedelta, EndpointReference, CimInstance]
-CimValue = Union[None, CimScalar, List[CimScalar], List[Optional[CimScalar]]]
+CimValue = Union[None, CimScalar, Sequence[Optional[CimScalar]]]
 
 
 def _parse_any_datetime(text: str) -> Union[datetime, timedelta, None]:
@@ -649,7 +669,7 @@ def _parse_any_datetime(text: str) -> Union[datetime, timedelta, None]:
 # --------------------------------------------------------------------------- CIM-XML parse
 
 
-def _cimxml_scalar(text: Optional[str], cim_type: str) -> CimValue:
+def _cimxml_scalar(text: str | None, cim_type: str) -> CimScalar | None:
     """Convert one CIM-XML VALUE text to a Python value according to its TYPE."""
     if text is None:
         return None
@@ -706,7 +726,7 @@ def _parse_instance_element(root: etree._Element) -> CimInstance:
             cim_type = prop.get("TYPE", "string")
             value_el = prop.find("VALUE")
             embedded = prop.get("EmbeddedObject") or prop.get("EMBEDDEDOBJECT")
-            value: CimValue = _cimxml_scalar(_text(value_el), cim_type)
+            value = _cimxml_scalar(_text(value_el), cim_type)
             if embedded and isinstance(value, str) and value.lstrip().startswith("<"):
                 cim_type = "string"
             inst.set(name, value, cim_type)
@@ -716,7 +736,7 @@ def _parse_instance_element(root: etree._Element) -> CimInstance:
             if array_el is None:
                 inst.set(name, None, cim_type + "[]")
                 continue
-            values: List[Optional[CimScalar]] = []
+            values: List[CimScalar | None] = []
             for item in array_el:
                 if not isinstance(item.tag, str):
                     continue
@@ -724,7 +744,7 @@ def _parse_instance_element(root: etree._Element) -> CimInstance:
                     values.append(None)
                 elif item.tag == "VALUE":
                     converted = _cimxml_scalar(_text(item), cim_type)
-                    values.append(converted if not isinstance(converted, list) else None)
+                    values.append(converted)
             inst.set(name, values, cim_type + "[]")
         elif prop.tag == "PROPERTY.REFERENCE":
             ref_el = prop.find("VALUE.REFERENCE")
@@ -754,8 +774,10 @@ def parse_cimxml(text: Union[str, bytes]) -> CimInstance:
     try:
         root = etree.fromstring(data.strip(), parser=secure_parser())
     except etree.XMLSyntaxError as exc:
-        raise CimDataError(f"embedded instance is not well-formed XML: {exc}",
-                           context={"text": data[:80].decode("utf-8", "replace")}) from exc
+        raise CimDataError(
+            f"embedded instance is not well-formed XML: {exc}",
+            context={"text": data[:80].decode("utf-8", "replace")},
+        ) from exc
     if root.tag != "INSTANCE":
         inner = root.find(".//INSTANCE")
         if inner is not None:
@@ -824,8 +846,10 @@ def _cimxml_text(name: str, value: CimScalar, cim_type: str) -> str:
             return to_cimxml(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise CimDataError(f"cannot write property {name} value {value!r} as CIM type {cim_type}",
-                       what_to_do="pass a value of the right Python type or fix the type map")
+    raise CimDataError(
+        f"cannot write property {name} value {value!r} as CIM type {cim_type}",
+        what_to_do="pass a value of the right Python type or fix the type map",
+    )
 
 
 def _epr_to_instancepath(parent: etree._Element, epr: EndpointReference) -> None:
@@ -846,7 +870,7 @@ def _epr_to_instancepath(parent: etree._Element, epr: EndpointReference) -> None
             etree.SubElement(binding, "KEYVALUE", VALUETYPE="string").text = value
 
 
-def to_cimxml(instance: CimInstance, types: Optional[Mapping[str, str]] = None) -> str:
+def to_cimxml(instance: CimInstance, types: Mapping[str, str] | None = None) -> str:
     """Serialise an instance as CIM-XML ``INSTANCE`` text (DSP0201), e.g. for an embedded parameter.
 
     Each property's TYPE comes from ``types`` (case-insensitive names), else from the
@@ -860,7 +884,7 @@ def to_cimxml(instance: CimInstance, types: Optional[Mapping[str, str]] = None) 
     root = etree.Element("INSTANCE", CLASSNAME=instance.class_name)
     for name, value in instance.items():
         cim_type = type_map.get(name.lower()) or instance.type_of(name) or infer_cim_type(value)
-        is_array = cim_type.endswith("[]") or isinstance(value, list)
+        is_array = cim_type.endswith("[]") or isinstance(value, (list, tuple))
         base_type = cim_type[:-2] if cim_type.endswith("[]") else cim_type
         if base_type not in KNOWN_TYPES:
             raise CimDataError(f"unknown CIM type {cim_type!r} for property {name} of {instance.class_name}")
@@ -877,7 +901,8 @@ def to_cimxml(instance: CimInstance, types: Optional[Mapping[str, str]] = None) 
             prop = etree.SubElement(root, "PROPERTY.ARRAY", NAME=name, TYPE=base_type)
             if value is not None:
                 array_el = etree.SubElement(prop, "VALUE.ARRAY")
-                for item in value if isinstance(value, list) else [value]:
+                items = value if isinstance(value, (list, tuple)) else [cast(CimScalar, value)]
+                for item in items:
                     if item is None:
                         etree.SubElement(array_el, "VALUE.NULL")
                     else:
@@ -885,8 +910,7 @@ def to_cimxml(instance: CimInstance, types: Optional[Mapping[str, str]] = None) 
         else:
             prop = etree.SubElement(root, "PROPERTY", NAME=name, TYPE=base_type)
             if value is not None:
-                assert not isinstance(value, list)  # is_array covers lists
-                etree.SubElement(prop, "VALUE").text = _cimxml_text(name, value, base_type)
+                etree.SubElement(prop, "VALUE").text = _cimxml_text(name, cast(CimScalar, value), base_type)
     return etree.tostring(root, encoding="unicode")
 
 
@@ -910,14 +934,16 @@ def _wsman_value(element: etree._Element) -> CimValue:
         if kind == "Interval":
             return parse_xs_duration(text)
         return text  # cim:Date / cim:Time etc. are kept as text
-    if first_ns == NS_ADDRESSING and localname(first) in ("Address", "ReferenceParameters", "EndpointReference"):
+    if first_ns == NS_ADDRESSING and localname(first) in (
+        "Address",
+        "ReferenceParameters",
+        "EndpointReference",
+    ):
         return EndpointReference.from_element(first if localname(first) == "EndpointReference" else element)
     return parse_wsman_instance(element)
 
 
-def parse_wsman_instance(
-    element: etree._Element, epr: Optional[EndpointReference] = None
-) -> CimInstance:
+def parse_wsman_instance(element: etree._Element, epr: EndpointReference | None = None) -> CimInstance:
     """Parse a WS-Man instance element (``<p:Class><p:Prop>...``) or a ``w:XmlFragment``.
 
     Repeated property elements become lists; ``xsi:nil`` becomes None;
@@ -970,5 +996,7 @@ class EmbeddedInstance:
         return f"EmbeddedInstance({name})"
 
 
-ParamScalar = Union[str, bool, int, float, datetime, timedelta, EndpointReference, CimInstance, EmbeddedInstance]
+ParamScalar = Union[
+    str, bool, int, float, datetime, timedelta, EndpointReference, CimInstance, EmbeddedInstance
+]
 ParamValue = Union[None, ParamScalar, Sequence[Optional[ParamScalar]]]

@@ -98,9 +98,14 @@ def build_envelope(
     size.text = str(options.max_envelope_size)
     etree.SubElement(header, f"{_A}MessageID").text = message_id
     # Pinning the locale keeps fault texts and job ErrorDescriptions in one language.
-    etree.SubElement(header, f"{_W}Locale", {f"{{{NS_XML}}}lang": options.locale, f"{_S}mustUnderstand": "false"})
-    etree.SubElement(header, f"{{{NS_MS_WSMAN}}}DataLocale",
-                     {f"{{{NS_XML}}}lang": options.locale, f"{_S}mustUnderstand": "false"})
+    etree.SubElement(
+        header, f"{_W}Locale", {f"{{{NS_XML}}}lang": options.locale, f"{_S}mustUnderstand": "false"}
+    )
+    etree.SubElement(
+        header,
+        f"{{{NS_MS_WSMAN}}}DataLocale",
+        {f"{{{NS_XML}}}lang": options.locale, f"{_S}mustUnderstand": "false"},
+    )
     etree.SubElement(header, f"{_W}OperationTimeout").text = format_timeout(options.operation_timeout)
     if selectors:
         selector_set_element(header, selectors)
@@ -225,9 +230,10 @@ def invoke_body(resource_uri: str, method: str, params: Sequence[Tuple[str, Para
     ``None`` and empty sequences are omitted (optional parameter left out); a
     sequence repeats the element once per item (hyperv-wmi.md 1.9).
     """
-    root = etree.Element(f"{{{resource_uri}}}{method}_INPUT",
-                         nsmap={"p": resource_uri, "a": NS_ADDRESSING, "w": NS_WSMAN, "cim": NS_CIM_COMMON,
-                                "xsi": NS_XSI})
+    root = etree.Element(
+        f"{{{resource_uri}}}{method}_INPUT",
+        nsmap={"p": resource_uri, "a": NS_ADDRESSING, "w": NS_WSMAN, "cim": NS_CIM_COMMON, "xsi": NS_XSI},
+    )
     for name, value in params:
         if value is None:
             continue
@@ -301,7 +307,9 @@ def enumeration_context(container: etree._Element) -> str | None:
 
 def end_of_sequence(container: etree._Element) -> bool:
     """Whether ``w:EndOfSequence`` (optimized Enumerate) or ``n:EndOfSequence`` (Pull) is present."""
-    return container.find(f"{_W}EndOfSequence") is not None or container.find(f"{_N}EndOfSequence") is not None
+    return (
+        container.find(f"{_W}EndOfSequence") is not None or container.find(f"{_N}EndOfSequence") is not None
+    )
 
 
 def items_of(container: etree._Element) -> List[etree._Element]:

@@ -1,14 +1,16 @@
 """Errors of the WS-Management layer (all subclasses of :class:`bareos_hyperv.errors.WsmanError`).
 
-SOAP faults have their own family in :mod:`bareos_hyperv.wsman.faults`; this module
-holds what goes wrong before or around a fault: authentication, TLS, connection,
-HTTP status without a fault, protocol violations, and CIM data problems.
-None of these ever carries a password: only user names, hosts and options.
+Two families: what goes wrong before or around a SOAP exchange (authentication, TLS,
+connection, HTTP status without a fault, protocol violations, CIM data problems),
+and SOAP faults (:class:`WsmanFault` and its category subclasses; built by
+:func:`bareos_hyperv.wsman.faults.parse_fault`).  None of these ever carries a
+password: only user names, hosts, options and what the server said.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Mapping
 
 from bareos_hyperv.errors import WsmanError
 
@@ -33,8 +35,8 @@ class WsmanHttpError(WsmanError):
         message: str,
         *,
         status: int,
-        what_to_do: Optional[str] = None,
-        context: Optional[Mapping[str, object]] = None,
+        what_to_do: str | None = None,
+        context: Mapping[str, object] | None = None,
     ) -> None:
         self.status = status
         super().__init__(message, what_to_do=what_to_do, context=context)
@@ -46,3 +48,161 @@ class WsmanProtocolError(WsmanError):
 
 class CimDataError(WsmanError):
     """A CIM instance, CIM-XML text or CIM value is missing, malformed or of the wrong type."""
+
+
+# --------------------------------------------------------------------------- SOAP faults
+
+
+@dataclass(frozen=True)
+class WmiError:
+    """The WMI error object inside ``f:ExtendedError`` (``__ExtendedStatus`` or ``MSFT_WmiError``)."""
+
+    class_name: str
+    description: str | None = None
+    operation: str | None = None
+    parameter_info: str | None = None
+    provider_name: str | None = None
+    status_code: int | None = None
+    message_id: str | None = None
+    properties: Dict[str, object] = field(default_factory=dict, compare=False)
+
+    def summary(self) -> str:
+        """One line of the fields present."""
+        parts = []
+        if self.description:
+            parts.append(self.description)
+        if self.operation:
+            parts.append(f"operation {self.operation}")
+        if self.parameter_info:
+            parts.append(f"on {self.parameter_info}")
+        if self.provider_name:
+            parts.append(f"provider {self.provider_name}")
+        if self.status_code is not None:
+            parts.append(f"status {self.status_code} (0x{self.status_code & 0xFFFFFFFF:08X})")
+        return ", ".join(parts)
+
+
+class WsmanFault(WsmanError):
+    """A SOAP fault returned by WinRM.  Category subclasses below; this class catches them all."""
+
+    what_to_do_default = "check the request target and the host's WinRM/WMI event logs"
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        action: str,
+        resource_uri: str | None,
+        http_status: int | None = None,
+        code: str | None = None,
+        subcode: str | None = None,
+        reason: str | None = None,
+        fault_detail: str | None = None,
+        wsman_code: int | None = None,
+        machine: str | None = None,
+        wsman_message: str | None = None,
+        provider: str | None = None,
+        provider_path: str | None = None,
+        provider_message: str | None = None,
+        wmi_error: WmiError | None = None,
+    ) -> None:
+        self.host = host
+        self.action = action
+        self.resource_uri = resource_uri
+        self.http_status = http_status
+        self.code = code
+        self.subcode = subcode
+        self.reason = reason
+        self.fault_detail = fault_detail
+        self.wsman_code = wsman_code
+        self.machine = machine
+        self.wsman_message = wsman_message
+        self.provider = provider
+        self.provider_path = provider_path
+        self.provider_message = provider_message
+        self.wmi_error = wmi_error
+        operation = action.rsplit("/", 1)[-1]
+        text = reason or wsman_message or provider_message or "no details returned by the server"
+        message = f"WS-Management {operation} on {host} failed: {text}"
+        extra = [m for m in (wsman_message, provider_message) if m and m != text and m not in text]
+        if extra:
+            message += " " + " ".join(dict.fromkeys(extra))
+        context: Dict[str, object] = {
+            "resource": resource_uri,
+            "fault": subcode or code,
+            "detail": fault_detail.rsplit("/", 1)[-1] if fault_detail else None,
+            "wsman_code": wsman_code,
+            "machine": machine,
+            "provider": provider,
+            "wmi_error": wmi_error.summary() if wmi_error else None,
+        }
+        super().__init__(message, what_to_do=self.what_to_do_default, context=context)
+
+    @property
+    def subcode_name(self) -> str | None:
+        """Local part of the subcode (``InvalidSelectors`` for ``w:InvalidSelectors``)."""
+        return self.subcode.rsplit(":", 1)[-1] if self.subcode else None
+
+
+class NotFoundFault(WsmanFault):
+    """The URI and selectors name no instance (deleted VM, job already purged, wrong class)."""
+
+    what_to_do_default = (
+        "the object does not exist (any more) on this host; on a cluster it may have "
+        "moved to another node - resolve it again"
+    )
+
+
+class AccessDeniedFault(WsmanFault):
+    """The account may not perform this operation."""
+
+    what_to_do_default = (
+        "use an account in the host's Administrators or Hyper-V Administrators group "
+        "with remote WMI access to this namespace"
+    )
+
+
+class InvalidSelectorsFault(WsmanFault):
+    """Wrong or missing key selectors for the resource."""
+
+    what_to_do_default = "check the key properties used to address the instance"
+
+
+class InvalidParameterFault(WsmanFault):
+    """A parameter value is malformed."""
+
+    what_to_do_default = "check the parameter values sent with the request"
+
+
+class TimedOutFault(WsmanFault):
+    """The operation did not finish within the OperationTimeout."""
+
+    what_to_do_default = "raise operation_timeout or check the host's load; enumerations may be retried"
+
+
+class EncodingLimitFault(WsmanFault):
+    """The response (or request) would exceed MaxEnvelopeSize or another encoding limit."""
+
+    what_to_do_default = "lower max_elements or raise the host's MaxEnvelopeSizekb"
+
+
+class InvalidFilterFault(WsmanFault):
+    """The enumeration filter was rejected (bad WQL, unknown class or dialect)."""
+
+    what_to_do_default = "check the class name and namespace of the query; the host may lack the role"
+
+
+class SchemaValidationFault(WsmanFault):
+    """The body does not match the method or instance schema."""
+
+    what_to_do_default = "check the parameter names, their order and the embedded instance form"
+
+
+class InvalidHeaderFault(WsmanFault):
+    """A SOAP header was rejected (timeout, locale, size)."""
+
+    what_to_do_default = "check operation_timeout and max_envelope_size against the host's WinRM limits"
+
+
+class InternalErrorFault(WsmanFault):
+    """The provider failed; the WMI error tells why."""

@@ -10,13 +10,25 @@ host, action and resource URI of the request that failed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Dict, Type
 
 from lxml import etree
 
-from bareos_hyperv.errors import WsmanError
 from bareos_hyperv.wsman.cim import CimInstance, child_elements, parse_wsman_instance
+from bareos_hyperv.wsman.errors import (
+    AccessDeniedFault,
+    EncodingLimitFault,
+    InternalErrorFault,
+    InvalidFilterFault,
+    InvalidHeaderFault,
+    InvalidParameterFault,
+    InvalidSelectorsFault,
+    NotFoundFault,
+    SchemaValidationFault,
+    TimedOutFault,
+    WmiError,
+    WsmanFault,
+)
 from bareos_hyperv.wsman.namespaces import (
     NS_ADDRESSING,
     NS_ENUMERATION,
@@ -27,158 +39,6 @@ from bareos_hyperv.wsman.namespaces import (
     WSMAN_CODE_NOT_FOUND,
     WSMAN_CODE_TIMED_OUT,
 )
-
-
-@dataclass(frozen=True)
-class WmiError:
-    """The WMI error object inside ``f:ExtendedError`` (``__ExtendedStatus`` or ``MSFT_WmiError``)."""
-
-    class_name: str
-    description: str | None = None
-    operation: str | None = None
-    parameter_info: str | None = None
-    provider_name: str | None = None
-    status_code: int | None = None
-    message_id: str | None = None
-    properties: Dict[str, object] = field(default_factory=dict, compare=False)
-
-    def summary(self) -> str:
-        """One line of the fields present."""
-        parts = []
-        if self.description:
-            parts.append(self.description)
-        if self.operation:
-            parts.append(f"operation {self.operation}")
-        if self.parameter_info:
-            parts.append(f"on {self.parameter_info}")
-        if self.provider_name:
-            parts.append(f"provider {self.provider_name}")
-        if self.status_code is not None:
-            parts.append(f"status {self.status_code} (0x{self.status_code & 0xFFFFFFFF:08X})")
-        return ", ".join(parts)
-
-
-class WsmanFault(WsmanError):
-    """A SOAP fault returned by WinRM.  Category subclasses below; this class catches them all."""
-
-    what_to_do_default = "check the request target and the host's WinRM/WMI event logs"
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        action: str,
-        resource_uri: str | None,
-        http_status: int | None = None,
-        code: str | None = None,
-        subcode: str | None = None,
-        reason: str | None = None,
-        fault_detail: str | None = None,
-        wsman_code: int | None = None,
-        machine: str | None = None,
-        wsman_message: str | None = None,
-        provider: str | None = None,
-        provider_path: str | None = None,
-        provider_message: str | None = None,
-        wmi_error: WmiError | None = None,
-    ) -> None:
-        self.host = host
-        self.action = action
-        self.resource_uri = resource_uri
-        self.http_status = http_status
-        self.code = code
-        self.subcode = subcode
-        self.reason = reason
-        self.fault_detail = fault_detail
-        self.wsman_code = wsman_code
-        self.machine = machine
-        self.wsman_message = wsman_message
-        self.provider = provider
-        self.provider_path = provider_path
-        self.provider_message = provider_message
-        self.wmi_error = wmi_error
-        operation = action.rsplit("/", 1)[-1]
-        text = reason or wsman_message or provider_message or "no details returned by the server"
-        message = f"WS-Management {operation} on {host} failed: {text}"
-        extra = [m for m in (wsman_message, provider_message) if m and m != text and m not in text]
-        if extra:
-            message += " " + " ".join(dict.fromkeys(extra))
-        context: Dict[str, object] = {
-            "resource": resource_uri,
-            "fault": subcode or code,
-            "detail": fault_detail.rsplit("/", 1)[-1] if fault_detail else None,
-            "wsman_code": wsman_code,
-            "machine": machine,
-            "provider": provider,
-            "wmi_error": wmi_error.summary() if wmi_error else None,
-        }
-        super().__init__(message, what_to_do=self.what_to_do_default, context=context)
-
-    @property
-    def subcode_name(self) -> str | None:
-        """Local part of the subcode (``InvalidSelectors`` for ``w:InvalidSelectors``)."""
-        return self.subcode.rsplit(":", 1)[-1] if self.subcode else None
-
-
-class NotFoundFault(WsmanFault):
-    """The URI and selectors name no instance (deleted VM, job already purged, wrong class)."""
-
-    what_to_do_default = ("the object does not exist (any more) on this host; on a cluster it may have "
-                          "moved to another node - resolve it again")
-
-
-class AccessDeniedFault(WsmanFault):
-    """The account may not perform this operation."""
-
-    what_to_do_default = ("use an account in the host's Administrators or Hyper-V Administrators group "
-                          "with remote WMI access to this namespace")
-
-
-class InvalidSelectorsFault(WsmanFault):
-    """Wrong or missing key selectors for the resource."""
-
-    what_to_do_default = "check the key properties used to address the instance"
-
-
-class InvalidParameterFault(WsmanFault):
-    """A parameter value is malformed."""
-
-    what_to_do_default = "check the parameter values sent with the request"
-
-
-class TimedOutFault(WsmanFault):
-    """The operation did not finish within the OperationTimeout."""
-
-    what_to_do_default = "raise operation_timeout or check the host's load; enumerations may be retried"
-
-
-class EncodingLimitFault(WsmanFault):
-    """The response (or request) would exceed MaxEnvelopeSize or another encoding limit."""
-
-    what_to_do_default = "lower max_elements or raise the host's MaxEnvelopeSizekb"
-
-
-class InvalidFilterFault(WsmanFault):
-    """The enumeration filter was rejected (bad WQL, unknown class or dialect)."""
-
-    what_to_do_default = "check the class name and namespace of the query; the host may lack the role"
-
-
-class SchemaValidationFault(WsmanFault):
-    """The body does not match the method or instance schema."""
-
-    what_to_do_default = "check the parameter names, their order and the embedded instance form"
-
-
-class InvalidHeaderFault(WsmanFault):
-    """A SOAP header was rejected (timeout, locale, size)."""
-
-    what_to_do_default = "check operation_timeout and max_envelope_size against the host's WinRM limits"
-
-
-class InternalErrorFault(WsmanFault):
-    """The provider failed; the WMI error tells why."""
-
 
 _BY_SUBCODE: Dict[str, Type[WsmanFault]] = {
     "DestinationUnreachable": NotFoundFault,
@@ -282,14 +142,14 @@ def parse_fault(
         outer = detail.find(f"{{{NS_WSMAN_FAULT}}}WSManFault")
         if outer is not None:
             wsman_code = _int(outer.get("Code"))
-            machine = outer.get("Machine") or None
+            machine = _clean(outer.get("Machine"))
             msg_el = outer.find(f"{{{NS_WSMAN_FAULT}}}Message")
             if msg_el is not None:
                 wsman_message = _own_text(msg_el)
                 pf = msg_el.find(f"{{{NS_WSMAN_FAULT}}}ProviderFault")
                 if pf is not None:
-                    provider = pf.get("provider") or None
-                    provider_path = pf.get("path") or None
+                    provider = _clean(pf.get("provider"))
+                    provider_path = _clean(pf.get("path"))
                     inner_msg = pf.find(f"{{{NS_WSMAN_FAULT}}}WSManFault/{{{NS_WSMAN_FAULT}}}Message")
                     provider_message = _own_text(inner_msg) if inner_msg is not None else _own_text(pf)
     # Subcode prefixes are resolved through the fault element's namespace map when possible,

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Literal, Tuple
 
 import requests
 from winrm.exceptions import InvalidCredentialsError, WinRMError, WinRMTransportError
@@ -86,18 +87,18 @@ class TransportOptions:
 
     transport: str = "ntlm"
     cert_validation: bool = True
-    ca_trust_path: Optional[str] = None
+    ca_trust_path: str | None = None
     allow_unencrypted_basic: bool = False
     operation_timeout: float = 60.0
-    read_timeout: Optional[float] = None
+    read_timeout: float | None = None
     connect_attempts: int = 3
     retry_delay: float = 0.5
     max_envelope_size: int = 512000
     max_elements: int = 100
     locale: str = "en-US"
-    proxy: Optional[str] = None
-    kerberos_service: Optional[str] = None
-    kerberos_hostname_override: Optional[str] = None
+    proxy: str | None = None
+    kerberos_service: str | None = None
+    kerberos_hostname_override: str | None = None
     log_body_limit: int = 2000
 
     @property
@@ -111,16 +112,19 @@ class TransportOptions:
         :raises ConfigurationError: see the individual checks.
         """
         if self.transport not in AUTH_METHODS:
-            raise ConfigurationError(f"unknown transport {self.transport!r}",
-                                     what_to_do=f"set transport= to one of {', '.join(AUTH_METHODS)}")
+            raise ConfigurationError(
+                f"unknown transport {self.transport!r}",
+                what_to_do=f"set transport= to one of {', '.join(AUTH_METHODS)}",
+            )
         if self.transport == "basic" and not endpoint.https and not self.allow_unencrypted_basic:
             raise ConfigurationError(
                 f"transport=basic over plain HTTP would send the password readable to {endpoint.hostport}",
                 what_to_do="use HTTPS (port 5986), or transport=ntlm, or allow it explicitly for a test host",
             )
         if self.operation_timeout <= 0:
-            raise ConfigurationError("operation_timeout must be positive",
-                                     what_to_do="set operation_timeout to seconds, e.g. 60")
+            raise ConfigurationError(
+                "operation_timeout must be positive", what_to_do="set operation_timeout to seconds, e.g. 60"
+            )
         if self.effective_read_timeout <= self.operation_timeout:
             raise ConfigurationError(
                 f"read_timeout ({self.effective_read_timeout:g}s) must exceed operation_timeout "
@@ -128,9 +132,10 @@ class TransportOptions:
                 what_to_do="raise read_timeout or leave it unset",
             )
         if self.connect_attempts < 1 or self.max_elements < 1 or self.max_envelope_size < 8192:
-            raise ConfigurationError("connect_attempts and max_elements must be >= 1 and "
-                                     "max_envelope_size >= 8192",
-                                     what_to_do="fix the transport options")
+            raise ConfigurationError(
+                "connect_attempts and max_elements must be >= 1 and max_envelope_size >= 8192",
+                what_to_do="fix the transport options",
+            )
 
 
 class Redactor:
@@ -183,37 +188,37 @@ class WsmanTransport:
         self.options = options
         self._credentials = credentials
         self._sleep = sleep
-        self._pywinrm: Optional[Transport] = None
+        self._pywinrm: Transport | None = None
         self.redact = Redactor(_secrets_of(credentials), options.log_body_limit)
         self.request_count = 0
 
     def _new_pywinrm(self) -> Transport:
         opts = self.options
-        kwargs: dict[str, object] = {}
-        if opts.kerberos_service:
-            kwargs["service"] = opts.kerberos_service
-        if opts.kerberos_hostname_override:
-            kwargs["kerberos_hostname_override"] = opts.kerberos_hostname_override
+        auth: Literal["ntlm", "basic", "kerberos", "credssp"] = opts.transport  # type: ignore[assignment]  # validated
         try:
             return Transport(
                 endpoint=self.endpoint.url,
                 username=self._credentials.principal,
                 password=self._credentials.password,
-                auth_method=opts.transport,
+                auth_method=auth,
                 # "auto" wraps NTLM/Kerberos/CredSSP messages over HTTP, as WinRM requires
                 # with AllowUnencrypted=false; HTTPS relies on TLS.
                 message_encryption="auto",
                 server_cert_validation="validate" if opts.cert_validation else "ignore",
-                ca_trust_path=opts.ca_trust_path,
-                read_timeout_sec=opts.effective_read_timeout,
+                # None (not pywinrm's "legacy_requests") so that REQUESTS_CA_BUNDLE cannot
+                # silently replace the trust the operator configured.
+                ca_trust_path=opts.ca_trust_path,  # type: ignore[arg-type]  # pywinrm handles None
+                read_timeout_sec=math.ceil(opts.effective_read_timeout),
                 proxy=opts.proxy,
-                **kwargs,
+                service=opts.kerberos_service,
+                kerberos_hostname_override=opts.kerberos_hostname_override,
             )
         except WinRMError as exc:
             raise ConfigurationError(
-                f"cannot set up transport={opts.transport} to {self.endpoint.hostport}: {self.redact(str(exc))}",
+                f"cannot set up transport={opts.transport} to {self.endpoint.hostport}: "
+                f"{self.redact(str(exc))}",
                 what_to_do="check the transport option and that its Python support (pykerberos, "
-                           "requests-credssp) is installed",
+                "requests-credssp) is installed",
             ) from None
 
     def close(self) -> None:
@@ -225,7 +230,7 @@ class WsmanTransport:
     def _reset(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - closing a broken session must not hide the real error
+        except Exception:
             self._pywinrm = None
 
     def send(self, data: bytes, *, operation: str, idempotent: bool) -> Tuple[int, bytes]:
@@ -239,8 +244,12 @@ class WsmanTransport:
         attempts = self.options.connect_attempts if idempotent else 1
         delay = self.options.retry_delay
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("-> %s %s: %s", self.endpoint.hostport, operation,
-                      self.redact(data.decode("utf-8", "replace")))
+            log.debug(
+                "-> %s %s: %s",
+                self.endpoint.hostport,
+                operation,
+                self.redact(data.decode("utf-8", "replace")),
+            )
         for attempt in range(1, attempts + 1):
             try:
                 status, body = self._send_once(data)
@@ -249,24 +258,35 @@ class WsmanTransport:
                 raise TlsVerificationError(
                     f"the HTTPS certificate of {self.endpoint.host} could not be verified "
                     f"({self._reason(exc)})",
-                    what_to_do="set ca_trust_path= to the CA bundle that signed the host's WinRM certificate, "
-                               "or cert_validation=no to skip the check (not recommended)",
+                    what_to_do="set ca_trust_path= to the CA bundle that signed the host's WinRM "
+                    "certificate, "
+                    "or cert_validation=no to skip the check (not recommended)",
                     context={"host": self.endpoint.hostport},
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 self._reset()
                 reason = self._reason(exc)
                 if attempt < attempts:
-                    log.warning("%s to %s failed (%s); attempt %d of %d in %.1fs", operation,
-                                self.endpoint.hostport, reason, attempt + 1, attempts, delay)
+                    log.warning(
+                        "%s to %s failed (%s); attempt %d of %d in %.1fs",
+                        operation,
+                        self.endpoint.hostport,
+                        reason,
+                        attempt + 1,
+                        attempts,
+                        delay,
+                    )
                     self._sleep(delay)
                     delay *= 2
                     continue
-                hint = ("check that the host is up and WinRM listens on this port "
-                        "(winrm quickconfig; firewall)")
+                hint = (
+                    "check that the host is up and WinRM listens on this port (winrm quickconfig; firewall)"
+                )
                 if not idempotent:
-                    hint = ("the call may or may not have been carried out: check the object's state "
-                            "on the host before repeating it; " + hint)
+                    hint = (
+                        "the call may or may not have been carried out: check the object's state "
+                        "on the host before repeating it; " + hint
+                    )
                 raise WsmanConnectionError(
                     f"{operation} to {self.endpoint.hostport} failed: {reason}"
                     + (f" (after {attempts} attempts)" if attempts > 1 else ""),
@@ -274,8 +294,13 @@ class WsmanTransport:
                     context={"host": self.endpoint.hostport},
                 ) from None
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("<- %s %s: HTTP %d: %s", self.endpoint.hostport, operation, status,
-                          self.redact(body.decode("utf-8", "replace")))
+                log.debug(
+                    "<- %s %s: HTTP %d: %s",
+                    self.endpoint.hostport,
+                    operation,
+                    status,
+                    self.redact(body.decode("utf-8", "replace")),
+                )
             return status, body
         raise AssertionError("unreachable")  # pragma: no cover - loop always returns or raises
 
@@ -291,7 +316,7 @@ class WsmanTransport:
                 f"{self.endpoint.host} rejected the credentials of user {self._credentials.principal} "
                 f"(HTTP 401, transport={self.options.transport})",
                 what_to_do="check user name, password and domain in the credentials file, and that the "
-                           "host allows this authentication method (winrm get winrm/config/service/auth)",
+                "host allows this authentication method (winrm get winrm/config/service/auth)",
                 context={"host": self.endpoint.hostport},
             ) from None
         except WinRMTransportError as exc:
@@ -307,7 +332,7 @@ class WsmanTransport:
 
     def _reason(self, exc: BaseException) -> str:
         """A short, password-free reason from a requests/urllib3 exception chain."""
-        inner: Optional[BaseException] = exc
+        inner: BaseException | None = exc
         text = str(exc)
         while inner is not None:
             if isinstance(inner, ConnectionRefusedError):

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="no-any-return"
+# (bareosfd is typed as Any for mypy: its constants are Any here.)
 """fdsim's rendition of Bareos' ``BareosFdPluginBaseclass`` pyfile (Release/25.1.0 behaviour).
 
 Reproduced from the reference (§1.3, §5.3) rather than copied: option parsing with ``\\:``
@@ -15,9 +17,13 @@ import stat
 import sys
 import time
 from base64 import b85decode
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import bareosfd
+
+# The real base class star-imports bareosfd, so plugins that star-import the base class module
+# get every constant through it; keep that.
+from bareosfd import *  # noqa: F403
 from bareosfd import (
     CF_CORE,
     IO_CLOSE,
@@ -46,10 +52,6 @@ from bareosfd import (
     bVarUsedConfig,
     bVarWorkingDir,
 )
-
-# The real base class star-imports bareosfd, so plugins that star-import the base class module
-# get every constant through it; keep that.
-from bareosfd import *  # noqa: F403, E402
 
 
 def parse_plugindef_string(plugindef: str) -> Dict[str, str]:
@@ -117,7 +119,7 @@ def transform_value(value: str, transform: str) -> str:
 class BareosFdPluginBaseclass:
     """Bareos python plugin base class."""
 
-    def __init__(self, plugindef: str, mandatory_options: Optional[List[str]] = None) -> None:
+    def __init__(self, plugindef: str, mandatory_options: List[str] | None = None) -> None:
         bareosfd.DebugMessage(100, f"Constructor called in module {__name__} with plugindef={plugindef}\n")
         bareosfd.DebugMessage(100, f"{__name__}::__init__:  sys.path={sys.path}\n")
         bareosfd.RegisterEvents([bEventJobEnd, bEventEndBackupJob, bEventEndFileSet, bEventHandleBackupFile,
@@ -163,14 +165,15 @@ class BareosFdPluginBaseclass:
         return options
 
     def _add_options(self, options: Dict[str, str]) -> None:
-        for key, value in options.items():
-            key_name, _, transform = key.partition("#")
+        for raw_key, raw_value in options.items():
+            key, value = raw_key, raw_value
+            key_name, _, transform = raw_key.partition("#")
             if transform:
                 key = key_name
                 try:
-                    value = transform_value(value, transform)
+                    value = transform_value(raw_value, transform)
                 except Exception as e:
-                    raise ValueError(f"Transformation {transform} of value '{value}' for key "
+                    raise ValueError(f"Transformation {transform} of value '{raw_value}' for key "
                                      f"{key_name} failed: {e}") from e
             if key not in self.options:
                 bareosfd.DebugMessage(100, f'key:value = "{key}:{value}"\n')
@@ -198,7 +201,7 @@ class BareosFdPluginBaseclass:
             return False
         return self.check_options(self.mandatory_options)
 
-    def check_options(self, mandatory_options: Optional[List[str]] = None) -> int:
+    def check_options(self, mandatory_options: List[str] | None = None) -> int:
         """Verify that the mandatory options are set."""
         if mandatory_options is None:
             return bRC_OK
@@ -228,9 +231,9 @@ class BareosFdPluginBaseclass:
                 dirname = os.path.dirname(self.FNAME)
                 if not os.path.exists(dirname):
                     os.makedirs(dirname)
-                self.file = open(self.FNAME, "wb")  # noqa: SIM115 - closed in plugin_io_close
+                self.file = open(self.FNAME, "wb")  # noqa: SIM115  # closed in plugin_io_close
             else:
-                self.file = open(self.FNAME, "rb")  # noqa: SIM115
+                self.file = open(self.FNAME, "rb")  # noqa: SIM115  # closed in plugin_io_close
         except Exception:
             IOP.status = -1
             return bRC_Error
@@ -251,7 +254,8 @@ class BareosFdPluginBaseclass:
                 IOP.status = self.file.readinto(IOP.buf)
                 IOP.io_errno = 0
             except OSError as e:
-                bareosfd.JobMessage(M_ERROR, f'Could net read {IOP.count} bytes from file {self.FNAME}. "{e}"')
+                bareosfd.JobMessage(M_ERROR, f'Could net read {IOP.count} bytes from file '
+                                            f'{self.FNAME}. "{e}"')
                 IOP.io_errno = e.errno or 0
                 return bRC_Error
         else:

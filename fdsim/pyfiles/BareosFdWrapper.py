@@ -1,3 +1,5 @@
+# mypy: disable-error-code="no-any-return"
+# (bareosfd is typed as Any for mypy: its constants are Any here.)
 """fdsim's rendition of Bareos' ``BareosFdWrapper`` pyfile.
 
 Module-level callbacks that the fd looks up by name, each forwarding to the one plugin object
@@ -8,14 +10,14 @@ callback into the plugin module's namespace) and decorate their class.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, List, TypeVar
 
 from bareosfd import bRC_OK
 
 T = TypeVar("T")
 
 bareos_fd_plugin_object: Any = None
-PLUGIN_CLASS: Optional[Callable[[str], Any]] = None
+PLUGIN_CLASS: Callable[[str], Any] | None = None
 
 __all__: List[str] = ["bareos_fd_plugin_object"]
 
@@ -28,7 +30,7 @@ def _export(thing: T) -> T:
 @_export
 def BareosPlugin(plugin_class: T) -> T:
     """Class decorator: the class ``load_bareos_plugin`` instantiates."""
-    global PLUGIN_CLASS  # noqa: PLW0603 - the real wrapper keeps it module-global too
+    global PLUGIN_CLASS  # noqa: PLW0603  # module-global in the real wrapper too
     PLUGIN_CLASS = plugin_class  # type: ignore[assignment]
     return plugin_class
 

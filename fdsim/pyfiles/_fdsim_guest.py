@@ -17,9 +17,9 @@ import importlib
 import sys
 import threading
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
-import _fdsim_wire as wire
+import _fdsim_wire as wire  # type: ignore[import-not-found]  # top-level inside the guest
 import bareosfd
 
 Result = Dict[str, Any]
@@ -111,7 +111,7 @@ class Guest:
     """State of the python3-fd instance of one job: the loaded module and sys.path bookkeeping."""
 
     def __init__(self) -> None:
-        self.module: Optional[Any] = None
+        self.module: Any | None = None
         self.plugin_dir_added = False
         self.lock = threading.Lock()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Iterable, List, Protocol, Tuple
 
 # --- return codes (lib/plugins.h) --------------------------------------------------------------
 bRC_OK = 0
@@ -324,7 +324,7 @@ class _Member:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
         return obj.__dict__.get(self.name)
@@ -430,9 +430,9 @@ class StatPacket(_Packet):
     st_blksize = _int(32, True)
     st_blocks = _int(64, True)
 
-    def __init__(self, dev: int = 0, ino: int = 0, mode: int = _S_IFREG | 0o700, nlink: int = 0,
-                 uid: int = 0, gid: int = 0, rdev: int = 0, size: int = -1, atime: Optional[int] = None,
-                 mtime: Optional[int] = None, ctime: Optional[int] = None, blksize: int = 4096,
+    def __init__(self, dev: int = 0, ino: int = 0, mode: int = _S_IFREG | 0o700, nlink: int = 0,  # noqa: PLR0917
+                 uid: int = 0, gid: int = 0, rdev: int = 0, size: int = -1, atime: int | None = None,
+                 mtime: int | None = None, ctime: int | None = None, blksize: int = 4096,
                  blocks: int = 1) -> None:
         now = int(time.time())
         self._init(st_dev=dev, st_ino=ino, st_mode=mode, st_nlink=nlink, st_uid=uid, st_gid=gid,
@@ -468,10 +468,10 @@ class SavePacket(_Packet):
     object_len = _int()
     object_index = _int()
 
-    def __init__(self, fname: Any = None, link: Any = None, type: int = 0, flags: Any = None,  # noqa: A002
+    def __init__(self, fname: Any = None, link: Any = None, type: int = 0, flags: Any = None,  # noqa: PLR0917
                  no_read: bool = False, portable: bool = False, accurate_found: bool = False,
-                 cmd: Optional[str] = None, save_time: int = 0, delta_seq: int = 0,
-                 object_name: Any = None, object: Any = None, object_len: int = 0,  # noqa: A002
+                 cmd: str | None = None, save_time: int = 0, delta_seq: int = 0,
+                 object_name: Any = None, object: Any = None, object_len: int = 0,
                  object_index: int = 0) -> None:
         self._init(fname=fname, link=link, statp=None, type=type, flags=flags, no_read=no_read,
                    portable=portable, accurate_found=accurate_found, cmd=cmd, save_time=save_time,
@@ -508,11 +508,11 @@ class RestorePacket(_Packet):
     create_status = _int()
     filedes = _int()
 
-    def __init__(self, stream: int = 0, data_stream: int = 0, type: int = 0,  # noqa: A002
+    def __init__(self, stream: int = 0, data_stream: int = 0, type: int = 0,  # noqa: PLR0917
                  file_index: int = 0, linkFI: int = 0, uid: int = 0, statp: Any = None,
-                 attrEX: Optional[str] = None, ofname: Optional[str] = None,
-                 olname: Optional[str] = None, where: Optional[str] = None,
-                 regexwhere: Optional[str] = None, replace: int = 0, create_status: int = 0) -> None:
+                 attrEX: str | None = None, ofname: str | None = None,
+                 olname: str | None = None, where: str | None = None,
+                 regexwhere: str | None = None, replace: int = 0, create_status: int = 0) -> None:
         self._init(stream=stream, data_stream=data_stream, type=type, file_index=file_index,
                    linkFI=linkFI, uid=uid, statp=statp, attrEX=attrEX, ofname=ofname, olname=olname,
                    where=where, regexwhere=regexwhere, replace=replace, create_status=create_status,
@@ -546,8 +546,8 @@ class IoPacket(_Packet):
     win32 = _bool()
     filedes = _int()
 
-    def __init__(self, func: int = 0, count: int = 0, flags: int = 0, mode: int = 0, buf: Any = None,
-                 fname: Optional[str] = None, status: int = 0, io_errno: int = 0, lerror: int = 0,
+    def __init__(self, func: int = 0, count: int = 0, flags: int = 0, mode: int = 0, buf: Any = None,  # noqa: PLR0917
+                 fname: str | None = None, status: int = 0, io_errno: int = 0, lerror: int = 0,
                  whence: int = 0, offset: int = 0, win32: bool = False, filedes: int = -1) -> None:
         self._init(func=func, count=count, flags=flags, mode=mode, buf=buf, fname=fname, status=status,
                    io_errno=io_errno, lerror=lerror, whence=whence, offset=offset, win32=win32,
@@ -567,7 +567,7 @@ class AclPacket(_Packet):
     fname = _rostr()
     content = _obj()
 
-    def __init__(self, fname: Optional[str] = None, content: Any = None) -> None:
+    def __init__(self, fname: str | None = None, content: Any = None) -> None:
         self._init(fname=fname, content=content)
 
     def __repr__(self) -> str:
@@ -582,7 +582,7 @@ class XattrPacket(_Packet):
     name = _obj()
     value = _obj()
 
-    def __init__(self, fname: Optional[str] = None, name: Any = None, value: Any = None) -> None:
+    def __init__(self, fname: str | None = None, name: Any = None, value: Any = None) -> None:
         self._init(fname=fname, name=name, value=value)
 
     def __repr__(self) -> str:
@@ -605,8 +605,8 @@ class RestoreObject(_Packet):
     stream = _int()
     jobid = _int(32, True)
 
-    def __init__(self, object_name: Any = None, object: Any = None,  # noqa: A002
-                 plugin_name: Optional[str] = None, object_type: int = 0, object_len: int = 0,
+    def __init__(self, object_name: Any = None, object: Any = None,  # noqa: PLR0917
+                 plugin_name: str | None = None, object_type: int = 0, object_len: int = 0,
                  object_full_len: int = 0, object_index: int = 0, object_compression: int = 0,
                  stream: int = 0, jobid: int = 0) -> None:
         self._init(object_name=object_name, object=object, plugin_name=plugin_name,
@@ -630,25 +630,25 @@ class _CoreLink(Protocol):
 _context = threading.local()
 
 
-def _fdsim_bind(link: Optional[_CoreLink]) -> None:
+def _fdsim_bind(link: _CoreLink | None) -> None:
     """Attach (or detach) the calling thread to the job's core link (fdsim guest only)."""
     _context.link = link
 
 
 def _core(func: str, *args: Any) -> Any:
-    link: Optional[_CoreLink] = getattr(_context, "link", None)
+    link: _CoreLink | None = getattr(_context, "link", None)
     if link is None:
         raise RuntimeError(f"{func}: plugin_ctx is unset")
     return link.core(func, *args)
 
 
-def _need_int(func: str, value: Any, what: str) -> int:
+def _need_int(func: str, value: Any, what: int) -> int:
     if not isinstance(value, int):
         raise TypeError(f"{func}() argument {what} must be int, not {type(value).__name__}")
     return int(value)
 
 
-def _opt_str(func: str, value: Any) -> Optional[str]:
+def _opt_str(func: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{func}() argument 2 must be str or None, not {type(value).__name__}")
     return value
@@ -674,12 +674,12 @@ def SetValue(var: int, value: Any) -> int:
     return bRC_Error
 
 
-def DebugMessage(level: int, msg: Optional[str] = None) -> None:
+def DebugMessage(level: int, msg: str | None = None) -> None:
     """Debug/trace output of the fd (kept by fdsim with its level)."""
     _core("DebugMessage", _need_int("DebugMessage", level, 1), _opt_str("DebugMessage", msg) or "")
 
 
-def JobMessage(type: int, msg: Optional[str] = None) -> None:  # noqa: A002
+def JobMessage(type: int, msg: str | None = None) -> None:
     """Job log message; M_FATAL fails the job, M_ERROR/M_WARNING count errors/warnings."""
     _core("JobMessage", _need_int("JobMessage", type, 1), _opt_str("JobMessage", msg) or "")
 
@@ -698,7 +698,7 @@ def UnRegisterEvents(seq: Iterable[Any]) -> int:
     return int(_core("UnRegisterEvents", _event_ids("UnRegisterEvents", seq)))
 
 
-def GetInstanceCount() -> Optional[int]:
+def GetInstanceCount() -> int | None:
     """Number of instances of this plugin."""
     return _core("GetInstanceCount")  # type: ignore[no-any-return]
 
@@ -718,12 +718,12 @@ def AddOptions(opts: str) -> int:
     return int(_core("AddOptions", str(opts)))
 
 
-def AddRegex(item: str, type: int) -> int:  # noqa: A002
+def AddRegex(item: str, type: int) -> int:
     """Add a regex to the current options block."""
     return int(_core("AddRegex", str(item), _need_int("AddRegex", type, 2)))
 
 
-def AddWild(item: str, type: int) -> int:  # noqa: A002
+def AddWild(item: str, type: int) -> int:
     """Add a wildcard to the current options block."""
     return int(_core("AddWild", str(item), _need_int("AddWild", type, 2)))
 
@@ -761,12 +761,12 @@ def AcceptFile(savepkt: SavePacket) -> int:
     return int(_core("AcceptFile", savepkt.fname))
 
 
-def SetSeenBitmap(all: Any, fname: Optional[str] = None) -> int:  # noqa: A002
+def SetSeenBitmap(all: Any, fname: str | None = None) -> int:
     """Mark all names (all=True) or one name as seen (accurate jobs only)."""
     return int(_core("SetSeenBitmap", bool(all), fname))
 
 
-def ClearSeenBitmap(all: Any, fname: Optional[str] = None) -> int:  # noqa: A002
+def ClearSeenBitmap(all: Any, fname: str | None = None) -> int:
     """Clear the seen mark of all names or of one name (accurate jobs only)."""
     return int(_core("ClearSeenBitmap", bool(all), fname))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from hvsim.cim import CimRef
 from hvsim.faults import FaultPlan, FaultRule
@@ -39,7 +39,7 @@ JOB_TYPES: dict[str, int] = {
 class JobFailure(Exception):
     """Raised by a job's work: the job ends in Exception with these details."""
 
-    def __init__(self, code: int, description: str, errors: Optional[list[dict[str, Any]]] = None) -> None:
+    def __init__(self, code: int, description: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
@@ -61,21 +61,21 @@ class Job:
     submitted: float
     submitted_wall: _dt.datetime
     duration: float
-    work: Optional[Work]
+    work: Work | None
     affected: list[CimRef] = field(default_factory=list)
     state: int = JOB_NEW
     percent: int = 0
     error_code: int = 0
     error_description: str = ""
     errors: list[dict[str, Any]] = field(default_factory=list)
-    finished_at: Optional[float] = None
-    finished_wall: Optional[_dt.datetime] = None
-    hang_rule: Optional[FaultRule] = None
-    fail_rule: Optional[FaultRule] = None
+    finished_at: float | None = None
+    finished_wall: _dt.datetime | None = None
+    hang_rule: FaultRule | None = None
+    fail_rule: FaultRule | None = None
     cancellable: bool = True
     storage_parent: str = ""
     storage_child: str = ""
-    warnings: list[dict[str, Any]] = field(default_factory=list)
+    rollback: Callable[[], None] | None = None  # undoes an effect applied at invoke time
 
     @property
     def finished(self) -> bool:
@@ -99,9 +99,10 @@ class JobEngine:
         self.time_before_removal = time_before_removal
         self.jobs: dict[str, Job] = {}
 
-    def start(self, node: str, method: str, description: str, work: Optional[Work], *,
-              affected: Optional[list[CimRef]] = None, storage: bool = False,
-              failure: Optional[JobFailure] = None, duration: Optional[float] = None) -> Job:
+    def start(self, node: str, method: str, description: str, work: Work | None, *,
+              affected: list[CimRef] | None = None, storage: bool = False,
+              failure: JobFailure | None = None, duration: float | None = None,
+              rollback: Callable[[], None] | None = None) -> Job:
         """Create a job for ``method`` (consults JOB_FAIL / JOB_HANG rules targeted at it).
 
         ``failure`` makes a job that ends in Exception without running any work
@@ -118,6 +119,7 @@ class JobEngine:
             duration=self.duration if duration is None else duration,
             work=work,
             affected=list(affected or []),
+            rollback=rollback,
         )
         job.fail_rule = self.faults.fire("job_fail", method)
         job.hang_rule = self.faults.fire("job_hang", method)
@@ -154,6 +156,8 @@ class JobEngine:
             job.error_description = str(params.get(
                 "error_description", f"'{job.method}' failed: injected failure (simulator fault plan)."))
             job.errors = [error_instance(job.error_description, job.error_code)]
+            if job.rollback is not None:
+                job.rollback()
             return
         try:
             results = job.work() if job.work is not None else []
@@ -191,7 +195,7 @@ def _raiser(failure: JobFailure) -> Work:
 
 
 def error_instance(message: str, code: int = 32768, *, source: str = "", message_id: str = "32768",
-                   arguments: Optional[list[str]] = None, severity: int = 5,
+                   arguments: list[str] | None = None, severity: int = 5,
                    error_type: int = 4) -> dict[str, Any]:
     """Property values of one ``Msvm_Error`` (PerceivedSeverity 5 = major, ErrorType 4 = software)."""
     return {

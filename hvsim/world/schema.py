@@ -10,8 +10,6 @@ instances.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from hvsim.cim import NS_CIMV2, NS_CLUSTER, NS_VIRT, ClassDef, MethodDef, PropDef
 
 
@@ -20,7 +18,7 @@ def _prop(spec: str) -> PropDef:
     is_array = typ.endswith("[]")
     if is_array:
         typ = typ[:-2]
-    ref_class: Optional[str] = None
+    ref_class: str | None = None
     if typ.startswith("ref(") or typ.startswith("inst("):
         kind, _, rest = typ.partition("(")
         ref_class = rest.rstrip(")")
@@ -130,13 +128,13 @@ _Error = ("ErrorType:uint16", "OtherErrorType:string", "OwningEntity:string", "M
 _SVC_KEYS = ("CreationClassName", "Name", "SystemCreationClassName", "SystemName")
 
 
-def _cls(name: str, superclass: Optional[str], keys: tuple[str, ...], props: tuple[str, ...],
+def _cls(name: str, superclass: str | None, keys: tuple[str, ...], props: tuple[str, ...],
          methods: tuple[MethodDef, ...] = ()) -> ClassDef:
     return ClassDef(name=name, superclass=superclass, keys=keys, properties=_props(*props), methods=methods)
 
 
 def _assoc(name: str, left: tuple[str, str], right: tuple[str, str],
-           superclass: Optional[str] = None) -> ClassDef:
+           superclass: str | None = None) -> ClassDef:
     return ClassDef(name=name, superclass=superclass, keys=(left[0], right[0]),
                     properties=_props(f"{left[0]}:ref({left[1]})", f"{right[0]}:ref({right[1]})"),
                     is_association=True)
@@ -225,7 +223,8 @@ VIRT_CLASSES: tuple[ClassDef, ...] = (
                  "ExportSettingData:inst(Msvm_VirtualSystemExportSettingData)"),
                 (_JOB_OUT,)),
         _method("ImportSystemDefinition",
-                ("SystemDefinitionFile:string", "SnapshotFolder:string", "GenerateNewSystemIdentifier:boolean"),
+                ("SystemDefinitionFile:string", "SnapshotFolder:string",
+                 "GenerateNewSystemIdentifier:boolean"),
                 ("ImportedSystem:ref(Msvm_PlannedComputerSystem)", _JOB_OUT)),
         _method("ValidatePlannedSystem", ("PlannedSystem:ref(Msvm_PlannedComputerSystem)",), (_JOB_OUT,)),
         _method("RealizePlannedSystem", ("PlannedSystem:ref(Msvm_PlannedComputerSystem)",),
@@ -350,7 +349,7 @@ SCHEMAS: dict[str, dict[str, ClassDef]] = {
 }
 
 
-def class_def(namespace: str, class_name: str) -> Optional[ClassDef]:
+def class_def(namespace: str, class_name: str) -> ClassDef | None:
     """Schema of a class in a namespace, or None."""
     return SCHEMAS.get(namespace.lower().replace("\\", "/"), {}).get(class_name.lower())
 
@@ -358,7 +357,7 @@ def class_def(namespace: str, class_name: str) -> Optional[ClassDef]:
 def is_a(namespace: str, class_name: str, base: str) -> bool:
     """True when ``class_name`` is ``base`` or derives from it (case-insensitive)."""
     target = base.lower()
-    current: Optional[ClassDef] = class_def(namespace, class_name)
+    current: ClassDef | None = class_def(namespace, class_name)
     if current is None:
         return class_name.lower() == target
     while current is not None:

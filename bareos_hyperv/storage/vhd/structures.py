@@ -587,7 +587,7 @@ def vhdx_checksum(raw: bytes, checksum_offset: int = 4) -> int:
     return crc32c(raw[:checksum_offset] + b"\0\0\0\0" + raw[checksum_offset + 4 :])
 
 
-def vhd_checksum(raw: bytes, checksum_offset: Optional[int] = None) -> int:
+def vhd_checksum(raw: bytes, checksum_offset: int | None = None) -> int:
     """VHD footer/dynamic header checksum: one's complement of the byte sum, checksum field skipped.
 
     ``checksum_offset`` defaults to the footer's (64) for 512-byte input and the dynamic header's

@@ -1,0 +1,121 @@
+"""``bareos-hyperv``: the product's command line, usable without Bareos.
+
+``list``  inventory of a host or cluster (nodes, volumes, switches, VMs, disks, owners)
+``demo``  start the built-in simulated cluster and run the main job against it
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bareos_hyperv.cli.render import render_inventory
+from bareos_hyperv.errors import BareosHyperVError
+from bareos_hyperv.hyperv.connection import Connector, parse_host_map
+from bareos_hyperv.hyperv.inventory import take_inventory
+from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.wsman.transport import TransportOptions
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", required=True, help="a node or the cluster name")
+    p.add_argument("--credentials-file", help="file with username= and password= lines (mode 0600)")
+    p.add_argument("--username", help="user name; the password comes from BAREOS_HYPERV_PASSWORD")
+    p.add_argument("--transport", default="ntlm", choices=["ntlm", "kerberos", "credssp", "basic"])
+    p.add_argument("--https", action="store_true", help="use HTTPS (port 5986) instead of encrypted HTTP")
+    p.add_argument("--port", type=int, help="WinRM port (default 5985, or 5986 with --https)")
+    p.add_argument("--ca-trust-path", help="CA bundle that signs the hosts' HTTPS certificates")
+    p.add_argument("--no-cert-validation", action="store_true", help="do not verify HTTPS certificates (unsafe)")
+    p.add_argument("--host-map", default="", help="NODE=address[:port],... when names do not resolve")
+    p.add_argument("--timeout", type=float, default=60.0, help="WS-Management operation timeout, seconds")
+
+
+def _credentials(args: argparse.Namespace) -> Credentials:
+    if args.credentials_file:
+        return Credentials.from_file(args.credentials_file)
+    env = {}
+    if args.username:
+        env["BAREOS_HYPERV_USERNAME"] = args.username
+    return Credentials.from_env({**os.environ, **env})
+
+
+def _connector(args: argparse.Namespace) -> Connector:
+    options = TransportOptions(
+        transport=args.transport,
+        cert_validation=not args.no_cert_validation,
+        ca_trust_path=args.ca_trust_path,
+        operation_timeout=args.timeout,
+    )
+    return Connector(_credentials(args), options, https=args.https, port=args.port,
+                     host_map=parse_host_map(args.host_map))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the inventory of the host or cluster."""
+    with _connector(args) as conn:
+        inv = take_inventory(conn, args.host)
+        sys.stdout.write(render_inventory(inv))
+        sys.stdout.write(f"({conn.round_trips} WS-Management round trips)\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the simulated cluster and show what the plugin sees, over NTLM-encrypted HTTP."""
+    from hvsim.simulation import Simulation  # the demo is the only product code that may use hvsim
+
+    with tempfile.TemporaryDirectory(prefix="bareos-hyperv-demo-") as tmp:
+        root = Path(tmp)
+        started = time.monotonic()
+        print("Starting the simulated Hyper-V estate (cluster HVCLUSTER01 with nodes HV01, HV02,")
+        print("and standalone host HVSTANDALONE01); each node answers WS-Management on 127.0.0.1 ...")
+        with Simulation(root) as sim:
+            print(f"  ready in {time.monotonic() - started:.1f} s: "
+                  + ", ".join(f"{n} at {a}:{p}" for n, (a, p) in sorted(sim.host_map().items())))
+            creds_file = sim.write_credentials_file(root / "hyperv.cred")
+            options = TransportOptions(transport="ntlm")
+            for entry in [sim.cluster_name or "", "HVSTANDALONE01"]:
+                if not entry or entry not in sim.host_map():
+                    continue
+                with Connector(Credentials.from_file(str(creds_file)), options,
+                               host_map=dict(sim.host_map())) as conn:
+                    print()
+                    print(f"== bareos-hyperv list --host {entry}  (NTLM with message encryption over HTTP)")
+                    inv = take_inventory(conn, entry)
+                    sys.stdout.write(render_inventory(inv))
+                    print(f"({conn.round_trips} WS-Management round trips)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``bareos-hyperv``."""
+    parser = argparse.ArgumentParser(prog="bareos-hyperv", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (passwords redacted)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="inventory of a host or cluster")
+    _connection_args(p_list)
+    p_list.set_defaults(func=cmd_list)
+    p_demo = sub.add_parser("demo", help="run against the built-in simulated cluster")
+    p_demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; errors are printed as one clear line with what to do, exit status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except BareosHyperVError as exc:
+        sys.stderr.write(f"bareos-hyperv: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

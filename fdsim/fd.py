@@ -1,0 +1,1051 @@
+"""The emulated Bareos 25.1 file daemon core: drives a python3-fd plugin through backup and
+restore jobs in the order the real fd does (reference §1-§8), one fresh sub-interpreter per job.
+
+Usage::
+
+    sim = FdSim(store_dir)
+    r = sim.backup("python3:module_name=bareos-fd-hyperv:host=...", level="F", plugin_dir=...)
+    r = sim.restore(None, where="/tmp/bareos-restores", pluginoptions="python3:restore_local=yes")
+    sim.cancel(jobid)  # from another thread while a job runs
+
+Where fdsim knowingly differs from the fd (no hard-link detection, no Options-block plugins,
+no estimate) the docstrings say so.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Set, Tuple, Union
+
+from fdsim.interp import GuestDied, SubInterpreter
+from fdsim.plugstring import (
+    PluginDefinition,
+    PluginStringError,
+    is_python_plugin,
+    merge_override,
+    parse_definition,
+)
+from fdsim.pyfiles import bareosfd as bfd
+from fdsim.store import FileRecord, JobRecord, JobWriter, SaveSetStore, StoredObject
+
+# --- sizes and codes the core uses (reference §3.3, §3.4, §8) ---------------------------------
+DEFAULT_BUFFER_SIZE = 262144  # Client "Maximum Network Buffer Size" default
+SPARSE_HEADER_SIZE = 8  # the file address in front of each sparse/offsets block
+RESTORE_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # 577 on Linux
+EXTRACT_OPEN_MODE = 0o600
+STREAM_UNIX_ATTRIBUTES = 1
+STREAM_FILE_DATA = 2
+STREAM_SPARSE_DATA = 6
+REPLACE_CODES = {"always": ord("a"), "ifnewer": ord("w"), "never": ord("n"), "ifolder": ord("o")}
+# python3-fd registers these itself in newPlugin (§5.3).
+AUTO_EVENTS = frozenset({12, 13, 20, 17, 1, 10, 11, 9, 15})
+# GeneratePluginEvent still delivers these after a cancel or a fatal error (§3.7).
+CALL_IF_CANCELED = frozenset({bfd.bEventEndBackupJob, bfd.bEventEndRestoreJob, bfd.bEventEndVerifyJob})
+FATAL_TYPES = frozenset({bfd.M_FATAL, bfd.M_ABORT, bfd.M_ERROR_TERM})
+OBJECT_TYPES = frozenset({bfd.FT_RESTORE_FIRST, bfd.FT_PLUGIN_CONFIG, bfd.FT_PLUGIN_CONFIG_FILLED})
+SAVED_TYPES = frozenset({bfd.FT_LNKSAVED, bfd.FT_REGE, bfd.FT_REG, bfd.FT_LNK, bfd.FT_DIREND, bfd.FT_SPEC,
+                         bfd.FT_RAW, bfd.FT_FIFO, bfd.FT_REPARSE, bfd.FT_JUNCTION, bfd.FT_DELETED})
+NOT_ACCESSIBLE_TYPES = frozenset({bfd.FT_NOACCESS, bfd.FT_NOFOLLOW, bfd.FT_NOSTAT, bfd.FT_NOOPEN})
+MAX_XATTR_CALLS = 10000
+
+# FO bit numbers inside SavePacket.flags (include/fileopts.h)
+FO_PORTABLE_DATA, FO_SPARSE, FO_MTIMEONLY, FO_ACL, FO_NOATIME = 0, 5, 11, 14, 22
+FO_XATTR, FO_DELTA, FO_PLUGIN, FO_OFFSETS = 27, 28, 29, 30
+PLUGIN_SETTABLE_BITS = (FO_DELTA, FO_OFFSETS, FO_SPARSE, FO_PORTABLE_DATA)
+
+MESSAGE_NAMES = {v: k.decode() for k, v in bfd.bJobMessageType.items()}
+LOG_PREFIX = {bfd.M_FATAL: "Fatal error: ", bfd.M_ERROR: "Error: ", bfd.M_WARNING: "Warning: "}
+
+
+class FdSimError(RuntimeError):
+    """fdsim cannot run the job at all (bad arguments, no backup to restore)."""
+
+
+def _bit(flags: bytes, n: int) -> bool:
+    return bool(flags[n >> 3] & (1 << (n & 7)))
+
+
+def _set_bit(flags: bytearray, n: int, on: bool) -> None:
+    if on:
+        flags[n >> 3] |= 1 << (n & 7)
+    else:
+        flags[n >> 3] &= ~(1 << (n & 7)) & 0xFF
+
+
+@dataclass
+class FileSetOptions:
+    """The Include block's Options that matter to plugin items (director defaults: ACL, XATTR on)."""
+
+    acl: bool = True
+    xattr: bool = True
+    sparse: bool = False
+    noatime: bool = False
+    mtimeonly: bool = False
+    accurate: str = "mcs"
+
+    def flags(self) -> bytes:
+        out = bytearray(bfd.FOPTS_BYTES)
+        _set_bit(out, FO_ACL, self.acl)
+        _set_bit(out, FO_XATTR, self.xattr)
+        _set_bit(out, FO_SPARSE, self.sparse)
+        _set_bit(out, FO_NOATIME, self.noatime)
+        _set_bit(out, FO_MTIMEONLY, self.mtimeonly)
+        return bytes(out)
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """One job log line."""
+
+    type: int
+    text: str
+    source: str = "core"  # "plugin" for bareosfd.JobMessage, "core" for the fd's own
+
+    @property
+    def type_name(self) -> str:
+        return MESSAGE_NAMES.get(self.type, str(self.type))
+
+    def render(self, jobid: int) -> str:
+        prefix = "python3-fd-mod: " if self.source == "plugin" else ""
+        return f"fdsim-fd JobId {jobid}: {LOG_PREFIX.get(self.type, '')}{prefix}{self.text}".rstrip("\n")
+
+
+@dataclass
+class FileResult:
+    """An item the job saved or restored."""
+
+    fname: str
+    type: int
+    size: int  # st_size from the attributes
+    bytes: int  # data bytes moved for this item
+    ofname: str = ""
+
+
+@dataclass
+class JobResult:
+    """Outcome of one job: Bareos JobStatus, job log, debug output, items, bytes, the store JobId."""
+
+    jobid: int
+    job_type: str
+    level: str
+    status: str  # T ok, E error, f fatal, A canceled
+    messages: List[JobMessage] = field(default_factory=list)
+    debug_messages: List[Tuple[int, str]] = field(default_factory=list)
+    files: List[FileResult] = field(default_factory=list)
+    bytes: int = 0
+    errors: int = 0
+    warnings: int = 0
+    calls: List[str] = field(default_factory=list)
+    jobids: List[int] = field(default_factory=list)  # restores: the backup jobs read
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "T"
+
+    def texts(self, msg_type: int | None = None) -> List[str]:
+        """Message texts, optionally of one M_* type."""
+        return [m.text for m in self.messages if msg_type is None or m.type == msg_type]
+
+    def log(self) -> str:
+        """The job log as the director would print it."""
+        return "\n".join(m.render(self.jobid) for m in self.messages)
+
+
+JobHandle = Union[int, JobResult, None]
+
+
+class _Job:
+    """State of one running job: the core side of the plugin context."""
+
+    def __init__(self, sim: FdSim, record: JobRecord, level: str, plugin_dir: str,  # noqa: PLR0917
+                 extra_sys_path: Sequence[str], accurate: bool, options: FileSetOptions) -> None:
+        self.sim = sim
+        self.record = record
+        self.level = level
+        self.plugin_dir = plugin_dir
+        self.extra_sys_path = list(extra_sys_path)
+        self.accurate = accurate
+        self.options = options
+        self.job_type = "I"  # JT_SYSTEM until the backup/restore command (§5.2)
+        self.since = 0
+        self.prev_job = ""
+        self.where: str | None = None
+        self.prefix_links = 0
+        self.check_changes = True
+        self.lock = threading.RLock()
+        self.events: Set[int] = set(AUTO_EVENTS)
+        self.loaded = False
+        self.override: str | None = None
+        self.fatal = False
+        self.canceled = False
+        self.walk_aborted = False
+        self.result = JobResult(jobid=record.jobid, job_type=record.job_type, level=level, status="R")
+        self.accurate_state: Dict[str, FileRecord] = {}
+        self.seen: Set[str] = set()
+        self.excludes: List[str] = []
+        self.interp: SubInterpreter | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def message(self, msg_type: int, text: str, source: str = "core") -> None:
+        with self.lock:
+            self.result.messages.append(JobMessage(msg_type, text, source))
+            if msg_type in FATAL_TYPES:
+                self.fatal = True
+            elif msg_type == bfd.M_ERROR:
+                self.result.errors += 1
+            elif msg_type == bfd.M_WARNING:
+                self.result.warnings += 1
+
+    def is_canceled(self) -> bool:
+        return self.fatal or self.canceled
+
+    def trace(self, call: str) -> None:
+        with self.lock:
+            self.result.calls.append(call)
+
+    # -- core functions called from bareosfd ---------------------------------------------------
+    def core(self, name: str, args: Tuple[Any, ...]) -> Any:
+        handler: Callable[..., Any] | None = getattr(self, "_core_" + name, None)
+        if handler is None:
+            raise RuntimeError(f"fdsim core has no function {name}")
+        with self.lock:
+            return handler(*args)
+
+    def _core_JobMessage(self, msg_type: int, text: str) -> None:
+        self.message(msg_type, text, "plugin")
+        if msg_type in (bfd.M_ABORT, bfd.M_ERROR_TERM):
+            self.message(bfd.M_FATAL, f"fdsim: JobMessage type {MESSAGE_NAMES[msg_type]} would abort the "
+                                      "whole Bareos fd daemon; use M_FATAL to fail a job\n")
+
+    def _core_DebugMessage(self, level: int, text: str) -> None:
+        self.result.debug_messages.append((level, text))
+
+    def _core_GetValue(self, var: int) -> Any:
+        rec = self.record
+        values: Dict[int, Any] = {
+            bfd.bVarJobId: rec.jobid,
+            bfd.bVarFDName: self.sim.fd_name,
+            bfd.bVarLevel: ord(self.level),
+            bfd.bVarType: ord(self.job_type),
+            bfd.bVarClient: self.sim.fd_name,
+            bfd.bVarJobName: rec.name,
+            bfd.bVarJobStatus: ord("R"),
+            bfd.bVarSinceTime: self.since,
+            bfd.bVarAccurate: int(self.accurate),
+            bfd.bVarWorkingDir: str(self.sim.working_dir),
+            bfd.bVarWhere: self.where,
+            bfd.bVarExePath: self.sim.exe_path,
+            bfd.bVarVersion: self.sim.version,
+            bfd.bVarPrevJobName: self.prev_job,
+            bfd.bVarPrefixLinks: self.prefix_links,
+            bfd.bVarCheckChanges: self.check_changes,
+            bfd.bVarUsedConfig: f"{self.sim.config_dir}/*/*.conf",
+        }
+        return values.get(var)
+
+    def _core_SetValue(self, var: int, value: Any) -> int:
+        if var == bfd.bVarSinceTime:
+            self.since = int(value)
+        elif var == bfd.bVarCheckChanges:
+            self.check_changes = bool(value)
+        elif var == bfd.bVarFileSeen:
+            if self.accurate:
+                self.seen.add(str(value))
+        else:
+            return bfd.bRC_Error
+        return bfd.bRC_OK
+
+    def _core_RegisterEvents(self, events: List[int]) -> int:
+        rc = bfd.bRC_Error
+        for event in events:
+            if 1 <= event <= 31:
+                self.events.add(event)
+                rc = bfd.bRC_OK
+        return rc
+
+    def _core_UnRegisterEvents(self, events: List[int]) -> int:
+        rc = bfd.bRC_Error
+        for event in events:
+            if 1 <= event <= 31:
+                self.events.discard(event)
+                rc = bfd.bRC_OK
+        return rc
+
+    def _core_GetInstanceCount(self) -> int:
+        return 1
+
+    def _core_AddExclude(self, path: str) -> int:
+        self.excludes.append(path)
+        return bfd.bRC_OK
+
+    def _fileset_noop(self, *args: Any) -> int:
+        # Only File= entries are affected, and fdsim has none: accepted and without effect.
+        return bfd.bRC_OK
+
+    _core_AddInclude = _core_AddOptions = _core_AddRegex = _core_AddWild = _fileset_noop
+    _core_NewOptions = _core_NewInclude = _core_NewPreInclude = _fileset_noop
+
+    def _core_CheckChanges(self, ftype: int, fname: str, link: str, save_time: int) -> Tuple[int, int, bool]:
+        # 25.1 passes no statp to the core: compare with an all-zero stat, as the fd does.
+        zero = dict.fromkeys(("st_mode", "st_mtime", "st_ctime", "st_size", "st_ino", "st_nlink",
+                              "st_uid", "st_gid", "st_atime"), 0)
+        changed, found, delta_seq = self.changed(fname, link, zero, save_time)
+        return (bfd.bRC_OK if changed else bfd.bRC_Seen), delta_seq, found
+
+    def _core_AcceptFile(self, fname: str) -> int:
+        import fnmatch
+
+        return bfd.bRC_Skip if any(fnmatch.fnmatchcase(fname, p) for p in self.excludes) else bfd.bRC_OK
+
+    def _core_SetSeenBitmap(self, all_names: bool, fname: str | None) -> int:
+        if not self.accurate:
+            return bfd.bRC_Error
+        if all_names:
+            self.seen.update(self.accurate_state)
+        elif fname is not None:
+            self.seen.add(fname)
+        return bfd.bRC_OK
+
+    def _core_ClearSeenBitmap(self, all_names: bool, fname: str | None) -> int:
+        if not self.accurate:
+            return bfd.bRC_Error
+        if all_names:
+            self.seen.clear()
+        elif fname is not None:
+            self.seen.discard(fname)
+        return bfd.bRC_OK
+
+    # -- change detection (PFD startBackupFile + FIND CheckChanges + ACC) ----------------------
+    def changed(self, fname: str, link: str, st: Dict[str, int], save_time: int) -> Tuple[bool, bool, int]:
+        """(changed, accurate_found, delta_seq) for an item at Incr/Diff."""
+        if not self.accurate:
+            unchanged = st["st_mtime"] < save_time and (
+                st["st_ctime"] < save_time or self.options.mtimeonly)
+            return not unchanged, False, 0
+        name = link if stat.S_ISDIR(st["st_mode"]) else fname
+        prev = self.accurate_state.get(name)
+        if prev is None:
+            return True, False, 0
+        self.seen.add(name)
+        old = prev.statp
+        letters = self.options.accurate
+        checks = {"i": "st_ino", "p": "st_mode", "n": "st_nlink", "u": "st_uid", "g": "st_gid",
+                  "s": "st_size", "a": "st_atime", "m": "st_mtime", "c": "st_ctime"}
+        changed = "A" in letters or any(
+            letter in letters and old.get(key, 0) != st.get(key, 0) for letter, key in checks.items())
+        if "d" in letters and st.get("st_size", 0) < old.get("st_size", 0):
+            changed = True
+        return changed, True, prev.delta_seq
+
+    # -- calling the plugin --------------------------------------------------------------------
+    def py(self, label: str, op: Tuple[Any, ...], func: str) -> Dict[str, Any]:
+        """One request to the guest with python-fd.cc's error handling; result has ``rc``."""
+        assert self.interp is not None
+        self.trace(label)
+        try:
+            res = self.interp.request(op, self.core)
+        except GuestDied as exc:
+            self.message(bfd.M_FATAL, f"{exc}\n")
+            return {"st": "died", "rc": bfd.bRC_Error}
+        return self.interpret(res, func)
+
+    def interpret(self, res: Dict[str, Any], func: str) -> Dict[str, Any]:
+        st = res["st"]
+        if st == "ok":
+            return res
+        if st in ("exc", "convert"):
+            self.message(bfd.M_FATAL, f"bareosfd: {res['tb']}")
+            res["rc"] = bfd.bRC_Error
+        elif st == "badret":
+            # PyLong_AsLong(None) -> -1 with a pending TypeError; fdsim makes that error visible.
+            self.message(bfd.M_FATAL, f"bareosfd: TypeError: {func}() returned {res['type']}, but the fd "
+                                      "needs an int bRC_* value (the C side reads -1)\n")
+            res["rc"] = -1
+        elif st == "nofunc":
+            self.result.debug_messages.append((150, f"python3-fd: Failed to find function named {func}()\n"))
+            res["rc"] = bfd.bRC_Error
+        return res
+
+    def call(self, func: str, *args: Any) -> int:
+        label = f"{func}({', '.join(repr(a) for a in args)})"
+        return int(self.py(label, ("call", func, args), func)["rc"])
+
+    # -- python-fd handlePluginEvent -----------------------------------------------------------
+    def _load_and_parse(self, defn: PluginDefinition) -> int:
+        if not self.loaded:
+            if not defn.module_name:
+                return bfd.bRC_Error
+            res = self.py(f"load({defn.module_name!r})",
+                          ("load", self.plugin_dir, defn.module_path, defn.module_name, defn.options),
+                          "load_bareos_plugin")
+            if res["st"] in ("ok", "badret"):
+                self.loaded = True
+            if res["st"] != "ok" or res["rc"] != bfd.bRC_OK:
+                # load_bareos_plugin's non-zero answer skips the immediate parse (PFD).
+                return int(res["rc"])
+        return self.call("parse_plugin_definition", defn.options)
+
+    def _c_parse(self, cmd: str) -> PluginDefinition | None:
+        merged = cmd
+        first_wins = False
+        if not self.loaded and self.override is not None:
+            merged = merge_override(self.override, cmd)
+            first_wins = True
+        try:
+            return parse_definition(merged, first_wins=first_wins)
+        except PluginStringError as exc:
+            self.message(bfd.M_FATAL, f"{exc}\n")
+            return None
+
+    def event(self, event: int, value: Any = None) -> int:
+        """GeneratePluginEvent + python-fd handlePluginEvent for the python3 plugin."""
+        if self.is_canceled() and event not in CALL_IF_CANCELED:
+            return bfd.bRC_OK
+        if event not in self.events:
+            return bfd.bRC_OK
+        if event in (bfd.bEventLevel, bfd.bEventSince, bfd.bEventJobStart):
+            return bfd.bRC_OK  # stored by the C side only (§1.5)
+        if event in (bfd.bEventPluginCommand, bfd.bEventBackupCommand, bfd.bEventRestoreCommand,
+                     bfd.bEventEstimateCommand):
+            defn = self._c_parse(value)
+            if defn is None:
+                return bfd.bRC_Error if value != "*all*" else bfd.bRC_Skip
+            return self._load_and_parse(defn)
+        if event == bfd.bEventNewPluginOptions:
+            self.override = None
+            defn = self._c_parse(value)
+            if defn is None:
+                return bfd.bRC_Error
+            self.override = value
+            return self._load_and_parse(defn)
+        if event == bfd.bEventRestoreObject:
+            if value is None:
+                return bfd.bRC_OK
+            rop: StoredObject = value
+            if not self.loaded:
+                if not rop.plugin_name:
+                    return bfd.bRC_OK
+                defn = self._c_parse(rop.plugin_name)
+                if defn is None:
+                    return bfd.bRC_Error
+                self._load_and_parse(defn)
+                if not self.loaded:
+                    return bfd.bRC_Error
+            data = rop.inflated()
+            values = {"object_name": rop.object_name, "object": data, "plugin_name": rop.plugin_name,
+                      "object_type": rop.object_type, "object_len": rop.object_len,
+                      "object_full_len": rop.object_full_len, "object_index": rop.object_index,
+                      "object_compression": rop.object_compression, "stream": 0, "jobid": rop.jobid}
+            return int(self.py(f"restore_object_data({rop.object_name!r})",
+                               ("restore_object_data", values), "restore_object_data")["rc"])
+        if not self.loaded:
+            return bfd.bRC_OK
+        return self.call("handle_plugin_event", event)
+
+
+class FdSim:
+    """The emulated file daemon: runs backup and restore jobs against a save-set store."""
+
+    def __init__(self, store_dir: Union[str, Path], *, fd_name: str = "fdsim-fd",
+                 buffer_size: int = DEFAULT_BUFFER_SIZE, config_dir: Union[str, Path] | None = None) -> None:
+        self.store = SaveSetStore(Path(store_dir))
+        self.fd_name = fd_name
+        self.buffer_size = buffer_size
+        self.working_dir = Path(store_dir) / "working"
+        self.working_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dir = Path(config_dir) if config_dir else Path(store_dir) / "bareos-fd.d"
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.exe_path = str(Path(__file__).resolve().parent)
+        self.version = "25.1.0 (fdsim)"
+        self._running: Dict[int, _Job] = {}
+        self._running_lock = threading.Lock()
+
+    # -- public API ----------------------------------------------------------------------------
+    def backup(self, plugin_string: Union[str, Sequence[str]], level: str = "F", *,
+               plugin_dir: Union[str, Path] = "", accurate: bool = False,
+               extra_sys_path: Sequence[Union[str, Path]] = (), pluginoptions: str | None = None,
+               options: FileSetOptions | None = None, job_name: str = "backup-fdsim") -> JobResult:
+        """Run a backup job of one or more ``Plugin =`` lines at level F, I or D."""
+        cmds = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
+        if level not in ("F", "I", "D"):
+            raise FdSimError(f"fdsim backup: level {level!r} is not one of F, I, D")
+        if not cmds:
+            raise FdSimError("fdsim backup: give at least one plugin string")
+        opts = options or FileSetOptions()
+        start = int(time.time())
+        prev: JobRecord | None = None
+        messages: List[JobMessage] = []
+        if level in ("I", "D"):
+            if self.store.last_full(cmds) is None:
+                messages.append(JobMessage(bfd.M_INFO, "No prior Full backup Job record found.\n"))
+                messages.append(JobMessage(bfd.M_INFO, "No prior or suitable Full backup found in catalog. "
+                                                       "Doing FULL backup.\n"))
+                level = "F"
+            else:
+                prev = self.store.previous_job(level, cmds)
+        record = self.store.new_job(job_name, "B", level, start)
+        record.fileset = cmds
+        job = _Job(self, record, level, str(plugin_dir), [str(p) for p in extra_sys_path], accurate, opts)
+        job.result.messages.extend(messages)
+        if prev is not None:
+            job.since = prev.start_time
+            job.prev_job = prev.name
+            record.since = prev.start_time
+            record.prev_job = prev.name
+        writer = self.store.writer(record)
+        self._run(job, lambda: self._backup_job(job, cmds, prev, pluginoptions, writer))
+        record.files = len(job.result.files)
+        record.bytes = job.result.bytes
+        self.store.commit(record, writer)
+        return job.result
+
+    def restore(self, plugin_string: Union[str, Sequence[str]] | None = None, jobid: int | None = None, *,
+                where: str = "/tmp/bareos-restores", replace: str = "always",  # noqa: S108  # Bareos default
+                pluginoptions: str | None = None, files: Sequence[str] | None = None,
+                plugin_dir: Union[str, Path] = "", extra_sys_path: Sequence[Union[str, Path]] = (),
+                prefix_links: bool = False, job_name: str = "restore-fdsim") -> JobResult:
+        """Restore the most recent backup (of these plugin strings) or one job's files."""
+        if replace not in REPLACE_CODES:
+            raise FdSimError(f"fdsim restore: replace={replace!r} is not one of {sorted(REPLACE_CODES)}")
+        if jobid is not None:
+            self.store.job(jobid)
+            jobids = [jobid]
+        else:
+            fileset = None
+            if plugin_string is not None:
+                fileset = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
+            try:
+                jobids = self.store.most_recent_jobids(fileset)
+            except Exception as exc:
+                raise FdSimError(str(exc)) from exc
+        selected = self.store.select_files(jobids, files)
+        record = self.store.new_job(job_name, "R", " ", int(time.time()))
+        job = _Job(self, record, " ", str(plugin_dir), [str(p) for p in extra_sys_path], False,
+                   FileSetOptions())
+        job.result.jobids = list(jobids)
+        job.where = where if where not in ("", "/") else ""
+        job.prefix_links = int(prefix_links)
+        code = REPLACE_CODES[replace]
+        self._run(job, lambda: self._restore_job(job, jobids, selected, pluginoptions, code))
+        record.files = len(job.result.files)
+        record.bytes = job.result.bytes
+        self.store.commit(record, None)
+        return job.result
+
+    def running(self) -> List[int]:
+        """JobIds of the jobs running now."""
+        with self._running_lock:
+            return sorted(self._running)
+
+    def cancel(self, job: JobHandle = None) -> bool:
+        """Cancel a running job (JobId, or the only running job) from any thread, like bconsole
+        ``cancel``: the job is marked canceled and bEventCancelCommand reaches the plugin at once,
+        on a thread of its own, while the job thread goes on until its next cancel check."""
+        with self._running_lock:
+            if isinstance(job, JobResult):
+                job = job.jobid
+            if job is None:
+                if len(self._running) != 1:
+                    return False
+                target = next(iter(self._running.values()))
+            else:
+                found = self._running.get(job)
+                if found is None:
+                    return False
+                target = found
+        with target.lock:
+            if target.canceled:
+                return True
+            target.canceled = True
+        target.message(bfd.M_INFO, "Job marked to be canceled.\n")
+        interp = target.interp
+        if interp is not None and target.loaded and bfd.bEventCancelCommand in target.events:
+            target.trace(f"handle_plugin_event({bfd.bEventCancelCommand}) [cancel thread]")
+            try:
+                res = interp.cancel_request(("call", "handle_plugin_event", (bfd.bEventCancelCommand,)),
+                                            target.core)
+            except GuestDied:
+                res = None
+            if res is not None:
+                target.interpret(res, "handle_plugin_event")
+        return True
+
+    def list_jobs(self) -> List[JobRecord]:
+        """Catalog jobs, oldest first."""
+        return self.store.jobs()
+
+    def list_files(self, jobid: int) -> List[str]:
+        """Like bconsole ``list files jobid=N``."""
+        return self.store.list_files(jobid)
+
+    # -- job frame -----------------------------------------------------------------------------
+    def _run(self, job: _Job, body: Callable[[], None]) -> None:
+        with self._running_lock:
+            self._running[job.record.jobid] = job
+        try:
+            job.interp = SubInterpreter(job.extra_sys_path)
+            try:
+                body()
+            finally:
+                leftover = job.interp.close(job.core)
+                if leftover:
+                    job.message(bfd.M_ERROR, f"fdsim: plugin threads still running at the end of the job: "
+                                             f"{', '.join(leftover)}; Py_EndInterpreter would abort the "
+                                             "real fd. The interpreter was left alive.\n")
+        finally:
+            with self._running_lock:
+                del self._running[job.record.jobid]
+            result = job.result
+            if job.canceled:
+                result.status = "A"
+            elif job.fatal:
+                result.status = "f"
+            elif job.walk_aborted or (job.record.job_type == "R" and result.errors):
+                result.status = "E"
+            else:
+                result.status = "T"
+            job.record.status = result.status
+            job.record.end_time = int(time.time())
+
+    # -- backup --------------------------------------------------------------------------------
+    def _backup_job(self, job: _Job, cmds: List[str], prev: JobRecord | None, pluginoptions: str | None,
+                    writer: JobWriter) -> None:
+        for cmd in cmds:  # 'fileset' command: one bEventPluginCommand per Plugin= line
+            if is_python_plugin(cmd) or cmd == "*all*":
+                job.event(bfd.bEventPluginCommand, cmd)
+        job.event(bfd.bEventEndFileSet)
+        if pluginoptions:
+            self._plugin_options(job, pluginoptions)
+        if prev is not None:
+            for rop in self.store.objects([prev.jobid]):
+                job.event(bfd.bEventRestoreObject, rop)
+            job.event(bfd.bEventRestoreObject, None)
+        if job.accurate and job.level in ("I", "D"):
+            base = self.store.most_recent_jobids(cmds) if job.level == "I" else [prev.jobid] if prev else []
+            job.accurate_state = self.store.current_state(base)
+        job.job_type = "B"
+        job.event(bfd.bEventStartBackupJob)
+        for cmd in cmds:
+            if job.is_canceled() or job.walk_aborted:
+                break
+            self._plugin_save(job, cmd, writer)
+        if job.accurate and job.level in ("I", "D") and not job.is_canceled():
+            self._accurate_finish(job, writer)
+        job.event(bfd.bEventEndBackupJob)
+        job.event(bfd.bEventJobEnd)
+
+    def _plugin_options(self, job: _Job, pluginoptions: str) -> None:
+        if ":" not in pluginoptions or not is_python_plugin(pluginoptions):
+            return  # taken as a plugin name that matches nothing: silently dropped (§1.6)
+        job.event(bfd.bEventNewPluginOptions, pluginoptions)
+
+    def _plugin_save(self, job: _Job, cmd: str, writer: JobWriter) -> None:
+        if not is_python_plugin(cmd):
+            if ":" not in cmd and " " in cmd:
+                job.message(bfd.M_ERROR, f"Malformed plugin command: {cmd}\n")
+            else:
+                job.message(bfd.M_FATAL, f'Command plugin "{cmd}" not found.\n')
+            return
+        rc = job.event(bfd.bEventBackupCommand, cmd)
+        if rc != bfd.bRC_OK:
+            job.walk_aborted = True
+            return
+        fileset_flags = self._fileset_flags(job)
+        while not job.is_canceled():
+            values = {"fname": "", "link": "", "type": 0, "flags": bytearray(fileset_flags), "no_read": False,
+                      "portable": True, "accurate_found": False, "cmd": cmd, "save_time": 0, "delta_seq": 0,
+                      "object_name": None, "object": None, "object_len": 0, "object_index": 0, "statp": None}
+            res = job.py("start_backup_file", ("start_backup_file", values), "start_backup_file")
+            rc = int(res["rc"])
+            if rc == bfd.bRC_Stop:
+                return
+            if rc == bfd.bRC_Skip:
+                continue
+            if rc == bfd.bRC_Error:
+                job.message(bfd.M_FATAL, f'Command plugin "{cmd}": startBackupFile failed.\n')
+                return
+            if rc != bfd.bRC_OK:
+                job.message(bfd.M_ERROR, f'Command plugin "{cmd}": unhandled returncode from '
+                                         f"startBackupFile: {rc}\n")
+                return
+            pkt: Dict[str, Any] = res["pkt"]
+            if job.level in ("I", "D") and job.check_changes:
+                if not pkt.get("save_time"):
+                    pkt["save_time"] = job.since
+                changed, found, delta_seq = job.changed(pkt["fname"], pkt["link"] or "", pkt["statp"],
+                                                        pkt.get("save_time", job.since))
+                pkt["delta_seq"] = delta_seq if found else pkt.get("delta_seq", 0)
+                if not changed:
+                    pkt["type"] = bfd.FT_DIRNOCHG if pkt["type"] == bfd.FT_DIRBEGIN else bfd.FT_NOCHG
+            if pkt["type"] == 0:
+                job.message(bfd.M_FATAL, f'Command plugin "{cmd}": no type in startBackupFile packet.\n')
+                return
+            if pkt["type"] not in OBJECT_TYPES and not pkt["fname"]:
+                job.message(bfd.M_FATAL, f'Command plugin "{cmd}": no filename in startBackupFile packet.\n')
+                return
+            pkt["flags"] = self._merge_flags(fileset_flags, pkt["flags"])
+            self._save_file(job, cmd, pkt, writer)
+            erc = job.call("end_backup_file")
+            if erc in (bfd.bRC_More, bfd.bRC_OK) and job.accurate:
+                job.seen.add(self._catalog_name(pkt))
+            if erc != bfd.bRC_More:
+                return
+
+    @staticmethod
+    def _fileset_flags(job: _Job) -> bytes:
+        flags = bytearray(job.options.flags())
+        return bytes(flags)
+
+    @staticmethod
+    def _merge_flags(fileset: bytes, plugin: bytes) -> bytes:
+        out = bytearray(fileset)
+        for bit in PLUGIN_SETTABLE_BITS:
+            _set_bit(out, bit, _bit(plugin, bit))
+        _set_bit(out, FO_PLUGIN, True)
+        return bytes(out)
+
+    @staticmethod
+    def _catalog_name(pkt: Dict[str, Any]) -> str:
+        if pkt["type"] in (bfd.FT_DIREND, bfd.FT_DIRNOCHG) and pkt.get("link"):
+            return str(pkt["link"])
+        return str(pkt["fname"])
+
+    def _save_file(self, job: _Job, cmd: str, pkt: Dict[str, Any], writer: JobWriter) -> None:
+        ftype = pkt["type"]
+        name = self._catalog_name(pkt)
+        mode = pkt["statp"]["st_mode"]
+        if ftype in (bfd.FT_NOCHG, bfd.FT_DIRNOCHG):
+            job.message(bfd.M_SKIPPED, f"     Unchanged file skipped: {name}\n")
+            return
+        if ftype == bfd.FT_DIRBEGIN:
+            return  # the directory itself is saved with its FT_DIREND record
+        if ftype in NOT_ACCESSIBLE_TYPES:
+            job.message(bfd.M_NOTSAVED, f"     Could not access \"{name}\"\n")
+            job.result.errors += 1
+            return
+        if ftype == bfd.FT_ISARCH:
+            job.message(bfd.M_NOTSAVED, f"     Archive file not saved: {name}\n")
+            return
+        if ftype == bfd.FT_SPEC and stat.S_ISSOCK(mode):
+            job.message(bfd.M_SKIPPED, f"     Socket file skipped: {name}\n")
+            return
+        if ftype not in SAVED_TYPES and ftype not in OBJECT_TYPES:
+            job.message(bfd.M_NOTSAVED, f"     Unknown file type {ftype}: {name}\n")
+            return
+        file_index = writer.new_file_index()
+        delta_seq = pkt.get("delta_seq", 0) + (1 if _bit(pkt["flags"], FO_DELTA) else 0)
+        record = FileRecord(jobid=job.record.jobid, file_index=file_index, fname=name, type=ftype,
+                            statp=dict(pkt["statp"]), cmd=cmd, delta_seq=delta_seq)
+        if ftype in OBJECT_TYPES:
+            writer.add_catalog_only(record)
+            writer.add_object(job.record.jobid, file_index, pkt, cmd)
+            job.result.files.append(FileResult(name, ftype, record.size, len(pkt["object"])))
+            return
+        sparse = _bit(pkt["flags"], FO_SPARSE) or _bit(pkt["flags"], FO_OFFSETS)
+        attrs = {"fname": pkt["fname"], "link": pkt["link"], "type": ftype, "statp": pkt["statp"],
+                 "cmd": cmd, "file_index": file_index, "delta_seq": delta_seq,
+                 "data_stream": STREAM_SPARSE_DATA if sparse else STREAM_FILE_DATA}
+        writer.begin_item(record, attrs)
+        moved = 0
+        if not pkt.get("no_read"):
+            moved = self._send_data(job, pkt, writer, sparse)
+            if _bit(pkt["flags"], FO_ACL) and ftype != bfd.FT_LNK and not job.is_canceled():
+                self._get_acl(job, pkt["fname"], writer)
+            if _bit(pkt["flags"], FO_XATTR) and not job.is_canceled():
+                self._get_xattr(job, pkt["fname"], writer)
+        writer.end_item()
+        job.result.files.append(FileResult(name, ftype, record.size, moved))
+        job.result.bytes += moved
+
+    @staticmethod
+    def _io(func: int, **fields: Any) -> Dict[str, Any]:
+        values = {"func": func, "count": 0, "flags": 0, "mode": 0, "buf": None, "fname": None, "status": 0,
+                  "io_errno": 0, "lerror": 0, "whence": 0, "offset": 0, "win32": False, "filedes": -1}
+        values.update(fields)
+        return values
+
+    def _io_call(self, job: _Job, label: str, values: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        res = job.py(f"plugin_io({label})", ("plugin_io", values), "plugin_io")
+        io = res.get("io")
+        if res["st"] != "ok" and io is None:
+            return int(res["rc"]), {"status": -1, "io_errno": 0, "filedes": -1, "buf": None}
+        return int(res["rc"]), io or {"status": -1, "filedes": -1, "buf": None}
+
+    def _open(self, job: _Job, fname: str, flags: int, mode: int) -> Tuple[bool, int | None]:
+        """IO_OPEN; returns (opened, core fd or None for plugin mode)."""
+        rc, io = self._io_call(job, "open", self._io(bfd.IO_OPEN, fname=fname, flags=flags, mode=mode))
+        if rc == bfd.bRC_Error or io["status"] < 0:
+            return False, None
+        if io["status"] == bfd.iostat_do_in_core:
+            if io["filedes"] == -1:
+                return False, None
+            return True, int(io["filedes"])
+        return True, None
+
+    def _send_data(self, job: _Job, pkt: Dict[str, Any], writer: JobWriter, sparse: bool) -> int:
+        fname = pkt["fname"]
+        flags = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if job.options.noatime else 0)
+        opened, core_fd = self._open(job, fname, flags, 0)
+        if not opened:
+            job.message(bfd.M_NOTSAVED, f'     Cannot open "{fname}": ERR=plugin open failed.\n')
+            job.result.errors += 1
+            return 0
+        count = self.buffer_size - (SPARSE_HEADER_SIZE if sparse else 0)
+        st_size = pkt["statp"]["st_size"]
+        address = moved = 0
+        while not job.is_canceled():
+            if core_fd is not None:
+                data = _read_full(core_fd, count)
+                if data is None:
+                    job.message(bfd.M_ERROR, f"Read error on file {fname}. ERR=read from core fd failed\n")
+                    break
+            else:
+                _, io = self._io_call(job, "read", self._io(bfd.IO_READ, count=count, filedes=0))
+                status = int(io["status"])
+                if status > 0:
+                    buf = io.get("buf")
+                    if buf is None:
+                        job.message(bfd.M_FATAL,
+                                    f"fdsim: plugin_io IO_READ of {fname} returned status {status} with buf "
+                                    f"of type {io.get('buftype')}; the real fd would send stale buffer "
+                                    "content. Set iop.buf to a bytearray.\n")
+                        break
+                    if io.get("buflen", 0) > count or status > count:
+                        status = -1
+                    elif status > len(buf):
+                        job.message(bfd.M_FATAL,
+                                    f"fdsim: plugin_io IO_READ of {fname} returned status {status} but "
+                                    f"only {len(buf)} bytes in buf; the real fd would copy memory past "
+                                    "the buffer.\n")
+                        break
+                if status < 0:
+                    job.message(bfd.M_ERROR, f"Read error on file {fname}. ERR=status {status}\n")
+                    break
+                data = bytes(io["buf"][:status]) if status > 0 else b""
+            if not data:
+                break
+            skip = (sparse and len(data) == count and not any(data) and address + len(data) < st_size)
+            if not skip:
+                writer.data(address, data)
+            address += len(data)
+            moved += len(data)
+        self._io_call(job, "close", self._io(bfd.IO_CLOSE, filedes=core_fd if core_fd is not None else 0))
+        return moved
+
+    def _get_acl(self, job: _Job, fname: str, writer: JobWriter) -> None:
+        res = job.py("get_acl", ("get_acl", fname), "get_acl")
+        if res["st"] == "ok" and res["rc"] == bfd.bRC_OK:
+            if res.get("content"):
+                writer.acl(res["content"])
+        elif res["st"] in ("ok", "nofunc"):
+            job.message(bfd.M_ERROR, f"     Cannot read ACL of \"{fname}\"\n")
+
+    def _get_xattr(self, job: _Job, fname: str, writer: JobWriter) -> None:
+        for _ in range(MAX_XATTR_CALLS):
+            res = job.py("get_xattr", ("get_xattr", fname), "get_xattr")
+            rc = int(res["rc"])
+            if res["st"] == "ok" and rc in (bfd.bRC_OK, bfd.bRC_More) and res.get("name"):
+                writer.xattr(res["name"], res["value"])
+            if rc == bfd.bRC_More and res["st"] == "ok":
+                continue
+            if rc != bfd.bRC_OK and res["st"] in ("ok", "nofunc"):
+                job.message(bfd.M_ERROR, f"     Cannot read extended attributes of \"{fname}\"\n")
+            return
+
+    def _accurate_finish(self, job: _Job, writer: JobWriter) -> None:
+        for name in list(job.accurate_state):
+            if name in job.seen:
+                continue
+            rc = job.call("check_file", name) if job.loaded else bfd.bRC_OK
+            if rc == bfd.bRC_Seen:
+                continue
+            prev = job.accurate_state[name]
+            writer.add_catalog_only(FileRecord(jobid=job.record.jobid, file_index=writer.new_file_index(),
+                                               fname=name, type=bfd.FT_DELETED, statp=dict(prev.statp),
+                                               cmd=prev.cmd))
+
+    # -- restore -------------------------------------------------------------------------------
+    def _restore_job(self, job: _Job, jobids: List[int], selected: List[FileRecord],
+                     pluginoptions: str | None, replace: int) -> None:
+        if pluginoptions:
+            self._plugin_options(job, pluginoptions)
+        for rop in self.store.objects(jobids):
+            job.event(bfd.bEventRestoreObject, rop)
+        job.event(bfd.bEventRestoreObject, None)
+        job.job_type = "R"
+        job.event(bfd.bEventStartRestoreJob)
+        open_item = False
+        for rec in selected:
+            if job.is_canceled():
+                break
+            if not is_python_plugin(rec.cmd):
+                job.message(bfd.M_WARNING, f"Plugin={rec.cmd} not found.\n")
+                continue
+            open_item = self._restore_item(job, rec, replace)
+            if open_item and not job.is_canceled():
+                rc = job.call("end_restore_file")
+                open_item = False
+                if rc == -1:
+                    job.message(bfd.M_FATAL, "Return value of endRestoreFile invalid\n")
+        if bfd.bEventEndRestoreJob in job.events:
+            if open_item:
+                job.call("end_restore_file")
+            job.event(bfd.bEventEndRestoreJob)
+        job.event(bfd.bEventJobEnd)
+
+    def _relocate(self, job: _Job, name: str) -> str:
+        if not job.where:
+            return name
+        return job.where.rstrip("/") + ("" if name.startswith("/") else "/") + name
+
+    def _restore_item(self, job: _Job, rec: FileRecord, replace: int) -> bool:
+        """One item from its start record to its last data; True when start_restore_file ran."""
+        item = self.store.read_item(rec)
+        attrs = item.attrs
+        started = False
+        if job.event(bfd.bEventRestoreCommand, rec.cmd) == bfd.bRC_OK and not job.is_canceled():
+            started = job.call("start_restore_file", rec.cmd) == bfd.bRC_OK
+        if job.is_canceled():
+            return started
+        if not started:
+            job.message(bfd.M_FATAL, "Unbalanced call to createFile\n")
+            return False
+        ftype = int(attrs["type"])
+        fname = str(attrs["fname"]) if ftype != bfd.FT_DIREND else str(attrs["link"] or attrs["fname"])
+        link = str(attrs["link"] or "")
+        ofname = self._relocate(job, fname)
+        olname = link
+        if ftype == bfd.FT_LNKSAVED or (ftype == bfd.FT_LNK and link.startswith("/") and job.prefix_links):
+            olname = self._relocate(job, link)
+        rp = {"stream": STREAM_UNIX_ATTRIBUTES, "data_stream": int(attrs["data_stream"]), "type": ftype,
+              "file_index": int(attrs["file_index"]), "linkFI": 0, "uid": attrs["statp"]["st_uid"],
+              "statp": attrs["statp"], "attrEX": "", "ofname": ofname, "olname": olname,
+              "where": job.where or "", "regexwhere": None, "replace": replace,
+              "create_status": bfd.CF_ERROR}
+        res = job.py(f"create_file({ofname!r})", ("create_file", rp), "create_file")
+        status = int(res.get("create_status", bfd.CF_ERROR))
+        if int(res["rc"]) != bfd.bRC_OK:
+            if res["st"] == "ok":
+                job.message(bfd.M_ERROR, f"Plugin createFile call failed. Stat={res['rc']} file={ofname}\n")
+            status = bfd.CF_ERROR
+        moved = 0
+        extracted = False
+        if status == bfd.CF_ERROR:
+            job.message(bfd.M_ERROR, f"Plugin createFile call failed. Returned CF_ERROR file={ofname}\n")
+            return True
+        if status == bfd.CF_SKIP:
+            job.result.files.append(FileResult(fname, ftype, rec.size, 0, ofname))
+            return True
+        if status == bfd.CF_CREATED:
+            job.py("set_file_attributes", ("set_file_attributes", rp), "set_file_attributes")
+        elif status in (bfd.CF_EXTRACT, bfd.CF_CORE):
+            if status == bfd.CF_CORE and not self._core_create(job, ftype, ofname, olname, rec, replace):
+                job.result.files.append(FileResult(fname, ftype, rec.size, 0, ofname))
+                return True
+            if status == bfd.CF_EXTRACT or ftype in (bfd.FT_REG, bfd.FT_REGE):
+                mode = EXTRACT_OPEN_MODE if status == bfd.CF_EXTRACT else 0
+                opened, core_fd = self._open(job, ofname, RESTORE_OPEN_FLAGS, mode)
+                if not opened:
+                    job.message(bfd.M_ERROR, f"     Cannot open {ofname}: plugin open failed\n")
+                else:
+                    extracted = True
+                    moved = self._extract_data(job, rec, item.data, ofname, core_fd)
+                    job.py("set_file_attributes", ("set_file_attributes", rp), "set_file_attributes")
+                    self._io_call(job, "close",
+                                  self._io(bfd.IO_CLOSE, filedes=core_fd if core_fd is not None else 0))
+            else:
+                job.py("set_file_attributes", ("set_file_attributes", rp), "set_file_attributes")
+        if extracted or ftype == bfd.FT_DIREND:
+            if item.acl:
+                res = job.py("set_acl", ("set_acl", ofname, item.acl), "set_acl")
+                if res["st"] in ("ok", "nofunc") and res["rc"] != bfd.bRC_OK:
+                    job.message(bfd.M_ERROR, f"     Cannot restore ACL of {ofname}\n")
+            for name, value in item.xattrs:
+                res = job.py("set_xattr", ("set_xattr", ofname, name, value), "set_xattr")
+                if res["st"] in ("ok", "nofunc") and res["rc"] != bfd.bRC_OK:
+                    job.message(bfd.M_ERROR, f"     Cannot restore extended attributes of {ofname}\n")
+        job.result.files.append(FileResult(fname, ftype, rec.size, moved, ofname))
+        job.result.bytes += moved
+        return True
+
+    def _core_create(self, job: _Job, ftype: int, ofname: str, olname: str, rec: FileRecord,  # noqa: PLR0917
+                     replace: int) -> bool:
+        """CF_CORE: the core's CreateFile (replace policy, unlink, parents, dirs/links natively)."""
+        path = Path(ofname)
+        if os.path.lexists(ofname) and ftype != bfd.FT_DIREND:
+            existing = os.lstat(ofname).st_mtime
+            if replace == REPLACE_CODES["never"]:
+                job.message(bfd.M_INFO, f"File skipped. Already exists: {ofname}\n")
+                return False
+            if replace == REPLACE_CODES["ifnewer"] and rec.mtime <= existing:
+                job.message(bfd.M_INFO, f"File skipped. Not newer: {ofname}\n")
+                return False
+            if replace == REPLACE_CODES["ifolder"] and rec.mtime >= existing:
+                job.message(bfd.M_INFO, f"File skipped. Not older: {ofname}\n")
+                return False
+            if not path.is_dir() or path.is_symlink():
+                path.unlink()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if ftype == bfd.FT_DIREND:
+                path.mkdir(parents=True, exist_ok=True)
+            elif ftype == bfd.FT_LNK:
+                os.symlink(olname, ofname)
+        except OSError as exc:
+            job.message(bfd.M_ERROR, f"     Could not create {ofname}: ERR={exc}\n")
+            return False
+        return True
+
+    def _extract_data(self, job: _Job, rec: FileRecord, data: List[Tuple[int, int]], ofname: str,
+                      core_fd: int | None) -> int:
+        position = moved = 0
+        for address, chunk in self.store.read_data(rec.jobid, data):
+            if job.is_canceled():
+                break
+            if address != position:
+                self._io_call(job, "seek", self._io(bfd.IO_SEEK, offset=address, whence=os.SEEK_SET,
+                                                    filedes=core_fd if core_fd is not None else 0))
+                position = address
+            if core_fd is not None:
+                try:
+                    _write_full(core_fd, chunk)
+                except OSError as exc:
+                    job.message(bfd.M_ERROR, f"Write error on {ofname}: ERR={exc}\n")
+                    break
+            else:
+                values = self._io(bfd.IO_WRITE, buf=chunk, count=len(chunk), filedes=0)
+                _, io = self._io_call(job, "write", values)
+                if io["status"] != len(chunk):
+                    job.message(bfd.M_ERROR, f"Write error on {ofname}: status {io['status']} for "
+                                             f"{len(chunk)} bytes\n")
+                    break
+            position += len(chunk)
+            moved += len(chunk)
+        return moved
+
+
+def _read_full(fd: int, count: int) -> bytes | None:
+    """The core's bread on a do-in-core fd: fill the buffer or stop at EOF; None on error."""
+    parts: List[bytes] = []
+    have = 0
+    while have < count:
+        try:
+            chunk = os.read(fd, count - have)
+        except OSError:
+            return None
+        if not chunk:
+            break
+        parts.append(chunk)
+        have += len(chunk)
+    return b"".join(parts)
+
+
+def _write_full(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,435 @@
+"""bareos_hyperv.storage.smb against a real Samba smbd (signing mandatory, SMB3 only)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bareos_hyperv.errors import StorageError
+from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.storage.base import (
+    StorageAccessDenied,
+    StorageAuthError,
+    StorageConnectionError,
+    StorageExists,
+    StorageNotFound,
+)
+from bareos_hyperv.storage.locations import LocationResolver, SmbLocation, parse_share_map
+from bareos_hyperv.storage.smb import SmbOptions, SmbStorage
+from hvsim.fs import ClusterFileSystem
+from hvsim.samba import SambaCluster, SambaServer
+
+from .conftest import SmbFactory
+
+pytestmark = pytest.mark.samba
+
+MiB = 1024 * 1024
+AWKWARD = ["a b.bin", "[brackets] (1).vhdx", "Grüße ünïcødé.txt", "日本語 ファイル.avhdx"]
+
+
+def _random_file(path: Path, size: int, seed: int = 1) -> str:
+    """Write ``size`` pseudo-random bytes (fast, reproducible) and return their SHA-256."""
+    h = hashlib.sha256()
+    block = hashlib.shake_256(str(seed).encode()).digest(MiB)
+    with path.open("wb") as f:
+        left = size
+        i = 0
+        while left:
+            # Vary each MiB so a misplaced block cannot go unnoticed.
+            chunk = (i.to_bytes(8, "little") + block[8:])[: min(MiB, left)]
+            f.write(chunk)
+            h.update(chunk)
+            left -= len(chunk)
+            i += 1
+    return h.hexdigest()
+
+
+def _sha_reader(reader: object, bufsize: int = MiB) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(bufsize)
+    view = memoryview(buf)
+    while True:
+        n = reader.readinto(buf)  # type: ignore[attr-defined]
+        if not n:
+            return h.hexdigest()
+        h.update(view[:n])
+
+
+def _loc(node_dir: Path, name: str = "", server: str = "HV01") -> SmbLocation:
+    rel = node_dir.name + (f"\\{name}" if name else "")
+    return SmbLocation(server, "C$", rel)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SambaServer]:
+    """A private smbd for tests that disturb the server (drops, restarts, stops)."""
+    (tmp_path / "c").mkdir()
+    srv = SambaServer({"C$": tmp_path / "c"})
+    with srv:
+        yield srv
+
+
+def _storage(srv: SambaServer, **opts: object) -> SmbStorage:
+    options = SmbOptions(retry_delay=0.01, **opts)  # type: ignore[arg-type]
+    return SmbStorage(srv.user, srv.password, endpoints={"HV01": srv.address}, options=options)
+
+
+# -- negotiation ------------------------------------------------------------------------------------
+
+
+def test_signed_smb311_session(smb: SmbStorage, node_dir: Path) -> None:
+    info = smb.connection_info(_loc(node_dir))
+    assert info["dialect"] == "0x0311"
+    assert info["signing"] is True
+    assert info["encrypted"] is False
+    assert info["max_read_size"] >= MiB
+
+
+def test_encrypted_share_and_server(tmp_path: Path) -> None:
+    for d in ("c", "secure"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "secure" / "x.bin").write_bytes(b"secret data" * 1000)
+    shares = {"C$": tmp_path / "c", "secure": tmp_path / "secure"}
+    with SambaServer(shares, encrypted_shares={"secure"}) as srv, _storage(srv) as st:
+        assert st.connection_info(SmbLocation("HV01", "C$", ""))["encrypted"] is False
+        loc = SmbLocation("HV01", "secure", "x.bin")
+        assert st.connection_info(loc)["encrypted"] is True
+        with st.open_read(loc) as r:
+            assert r.read() == b"secret data" * 1000
+    with SambaServer({"C$": tmp_path / "secure"}, encrypt=True) as srv:
+        # Whole-server encryption: a client that does not offer it must still get an encrypted session.
+        with _storage(srv) as st:
+            loc = SmbLocation("HV01", "C$", "x.bin")
+            assert st.connection_info(loc)["encrypted"] is True
+            with st.open_read(loc) as r:
+                assert hashlib.sha256(r.read()).digest() == hashlib.sha256(b"secret data" * 1000).digest()
+        with _storage(srv, encrypt=True) as st, st.create(SmbLocation("HV01", "C$", "w.bin")) as w:
+            w.write(b"z" * (3 * MiB + 5))
+    assert (tmp_path / "secure" / "w.bin").read_bytes() == b"z" * (3 * MiB + 5)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def test_large_read_through_csv_symlink_is_byte_identical(
+    smb: SmbStorage, cluster_fs: ClusterFileSystem
+) -> None:
+    vm_dir = cluster_fs.csv_volume(1) / "web01" / "Virtual Hard Disks"
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    size = 64 * MiB + 12345  # not a multiple of the request size
+    digest = _random_file(vm_dir / "web01.vhdx", size)
+    resolver = LocationResolver()
+    for node in ("HV01", "HV02"):  # the CSV is reachable through every node's C$
+        loc = resolver.resolve(r"C:\ClusterStorage\Volume1\web01\Virtual Hard Disks\web01.vhdx", node)
+        assert isinstance(loc, SmbLocation)
+        assert (loc.server, loc.share) == (node, "C$")
+        with smb.open_read(loc) as r:
+            assert r.size == size
+            assert _sha_reader(r, bufsize=256 * 1024) == digest
+            assert r.readinto(bytearray(10)) == 0
+
+
+def test_pipeline_keeps_several_requests_in_flight(smb_factory: SmbFactory, node_dir: Path) -> None:
+    digest = _random_file(node_dir / "p.bin", 9 * MiB + 1)
+    st = smb_factory(read_size=MiB, read_depth=4)
+    with st.open_read(_loc(node_dir, "p.bin")) as r:
+        first = bytearray(1000)
+        assert r.readinto(first) == 1000
+        assert r.in_flight == 3  # one answered, three more already asked for
+        rest = r.read()
+        assert hashlib.sha256(bytes(first) + rest).hexdigest() == digest
+
+
+def test_read_at_and_seek(smb: SmbStorage, node_dir: Path) -> None:
+    _random_file(node_dir / "r.bin", 10 * MiB + 7)
+    data = (node_dir / "r.bin").read_bytes()
+    with smb.open_read(_loc(node_dir, "r.bin")) as r:
+        assert r.read_at(0, 512) == data[:512]
+        assert r.read_at(5 * MiB - 3, 6 * MiB) == data[5 * MiB - 3 :]  # crosses requests, short at EOF
+        assert r.read_at(len(data), 10) == b""
+        assert r.read(100) == data[:100]
+        assert r.seek(8 * MiB) == 8 * MiB
+        assert r.read(50) == data[8 * MiB : 8 * MiB + 50]
+        assert r.seek(-10, 2) == len(data) - 10
+        assert r.read() == data[-10:]
+        assert r.tell() == len(data)
+        r.seek(150)
+        assert r.read(10) == data[150:160]
+
+
+def test_stat_listdir_and_awkward_names(smb: SmbStorage, node_dir: Path) -> None:
+    base = _loc(node_dir)
+    sub = base.child("Virtual Hard Disks").child("über [x]")
+    smb.makedirs(sub)
+    smb.makedirs(sub)  # mkdir -p is idempotent
+    for i, name in enumerate(AWKWARD):
+        with smb.create(sub.child(name)) as w:
+            w.write(name.encode() * (i + 1))
+    entries = smb.listdir(sub)
+    assert [e.name for e in entries] == sorted(AWKWARD)
+    local = node_dir / "Virtual Hard Disks" / "über [x]"
+    for e in entries:
+        assert not e.is_dir
+        assert (local / e.name).read_bytes() == e.name.encode() * (AWKWARD.index(e.name) + 1)
+        st = smb.stat(sub.child(e.name))
+        assert st.size == e.size == (local / e.name).stat().st_size
+        assert abs(st.mtime - (local / e.name).stat().st_mtime) < 1e-3
+    assert smb.stat(sub).is_dir
+    top = smb.listdir(base)
+    assert [(e.name, e.is_dir) for e in top] == [("Virtual Hard Disks", True)]
+    assert smb.exists(sub.child(AWKWARD[0]))
+    assert not smb.exists(sub.child("nope"))
+
+
+def test_csv_symlink_is_a_directory_over_smb(smb: SmbStorage, cluster_fs: ClusterFileSystem) -> None:
+    root = SmbLocation("HV02", "C$", "")
+    names = {e.name: e.is_dir for e in smb.listdir(root)}
+    assert names.get("ClusterStorage") is True
+    assert "Volume1" in [e.name for e in smb.listdir(root.child("ClusterStorage"))]
+
+
+def test_share_map_to_other_server(smb: SmbStorage, cluster_fs: ClusterFileSystem) -> None:
+    (cluster_fs.csv_volume(1) / "sm").mkdir(exist_ok=True)
+    (cluster_fs.csv_volume(1) / "sm" / "f.txt").write_bytes(b"via fileserver")
+    (cluster_fs.share_dir("HV01", "D") / "VMs" / "g.txt").write_bytes(b"via vms share")
+    resolver = LocationResolver(
+        parse_share_map([r"C:\ClusterStorage=\\FILESERVER\csv", r"HV01:D:\VMs=\\HV01\vms"])
+    )
+    loc = resolver.resolve(r"C:\ClusterStorage\Volume1\sm\f.txt", "HV02")
+    assert loc == SmbLocation("FILESERVER", "csv", r"Volume1\sm\f.txt")
+    with smb.open_read(loc) as r:
+        assert r.read() == b"via fileserver"
+    loc = resolver.resolve(r"D:\VMs\g.txt", "HV01")
+    with smb.open_read(loc) as r:
+        assert r.read() == b"via vms share"
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def test_write_temp_then_rename(smb_factory: SmbFactory, node_dir: Path) -> None:
+    payload = os.urandom(5 * MiB) + b"tail"
+    tmp = _loc(node_dir, "disk.vhdx.partial")
+    final = _loc(node_dir, "disk.vhdx")
+    st = smb_factory(write_size=MiB, write_depth=3)
+    with st.create(tmp) as w:
+        for i in range(0, len(payload), 300_000):  # writes smaller than the request size
+            w.write(payload[i : i + 300_000])
+        assert w.written == len(payload)
+    st.rename(tmp, final)
+    assert (node_dir / "disk.vhdx").read_bytes() == payload
+    assert not (node_dir / "disk.vhdx.partial").exists()
+
+
+def test_create_is_exclusive_and_rename_does_not_replace(smb: SmbStorage, node_dir: Path) -> None:
+    (node_dir / "exists.bin").write_bytes(b"keep me")
+    with pytest.raises(StorageExists) as ei:
+        smb.create(_loc(node_dir, "exists.bin"))
+    assert "0xC0000035" in str(ei.value)
+    assert "exists.bin" in str(ei.value)
+    with smb.create(_loc(node_dir, "new.bin")) as w:
+        w.write(b"new")
+    with pytest.raises(StorageExists):
+        smb.rename(_loc(node_dir, "new.bin"), _loc(node_dir, "exists.bin"))
+    assert (node_dir / "exists.bin").read_bytes() == b"keep me"
+    smb.rename(_loc(node_dir, "new.bin"), _loc(node_dir, "exists.bin"), replace=True)
+    assert (node_dir / "exists.bin").read_bytes() == b"new"
+    with pytest.raises(StorageError, match="across"):
+        smb.rename(_loc(node_dir, "exists.bin"), SmbLocation("HV02", "C$", "x"))
+
+
+def test_writer_discard_removes_partial_file(smb: SmbStorage, node_dir: Path) -> None:
+    with pytest.raises(RuntimeError), smb.create(_loc(node_dir, "partial.bin")) as w:
+        w.write(b"x" * MiB)
+        raise RuntimeError("restore cancelled")
+    assert not (node_dir / "partial.bin").exists()
+
+
+def test_delete(smb: SmbStorage, node_dir: Path) -> None:
+    (node_dir / "d.bin").write_bytes(b"1")
+    smb.delete(_loc(node_dir, "d.bin"))
+    assert not (node_dir / "d.bin").exists()
+    with pytest.raises(StorageNotFound):
+        smb.delete(_loc(node_dir, "d.bin"))
+    smb.delete(_loc(node_dir, "d.bin"), missing_ok=True)
+
+
+def test_makedirs_over_a_file_fails(smb: SmbStorage, node_dir: Path) -> None:
+    (node_dir / "file").write_bytes(b"")
+    with pytest.raises(StorageExists):
+        smb.makedirs(_loc(node_dir, "file\\sub"))
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def test_not_found_names_status_server_share_and_path(smb: SmbStorage, node_dir: Path) -> None:
+    with pytest.raises(StorageNotFound) as ei:
+        smb.open_read(_loc(node_dir, "missing.vhdx"))
+    text = str(ei.value)
+    assert "0xC0000034 STATUS_OBJECT_NAME_NOT_FOUND" in text
+    assert "server=HV01" in text and "share=C$" in text and "missing.vhdx" in text
+    with pytest.raises(StorageNotFound, match="share does not exist"):
+        smb.stat(SmbLocation("HV01", "NOSHARE$", ""))
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(samba_cluster: SambaCluster) -> None:
+    srv = samba_cluster.servers["HV01"]
+    secret = "Wr0ng-But-Secret-Pa55"
+    st = SmbStorage(srv.user, secret, endpoints=samba_cluster.endpoints())
+    with pytest.raises(StorageAuthError) as ei:
+        st.stat(SmbLocation("HV01", "C$", ""))
+    text = f"{ei.value} {ei.value!r} {ei.value.context} {st!r}"
+    assert "0xC000006D STATUS_LOGON_FAILURE" in text
+    assert "credentials" in (ei.value.what_to_do or "")
+    assert secret not in text and srv.password not in text
+    assert ei.value.__cause__ is None and ei.value.__suppress_context__
+    st.close()
+
+
+def test_from_credentials(samba_cluster: SambaCluster, node_dir: Path) -> None:
+    srv = samba_cluster.servers["HV01"]
+    (node_dir / "c.txt").write_bytes(b"creds")
+    good = Credentials(srv.user, srv.password)
+    st = SmbStorage.from_credentials(good, endpoints=samba_cluster.endpoints())
+    with st, st.open_read(_loc(node_dir, "c.txt")) as r:
+        assert r.read() == b"creds"
+    # A domain-qualified account is sent as DOMAIN\user; refused here, and the principal is named.
+    other = Credentials(f"CORP\\{srv.user}", "not-it")
+    st = SmbStorage.from_credentials(other, endpoints=samba_cluster.endpoints())
+    with st, pytest.raises(StorageAuthError) as ei:
+        st.stat(_loc(node_dir, "c.txt"))
+    assert f"CORP\\{srv.user}" in str(ei.value) and "not-it" not in str(ei.value)
+
+
+def test_access_denied_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    srv = SambaServer({"C$": tmp_path / "ro"}, read_only_shares={"C$"})
+    with srv, _storage(srv) as st, pytest.raises(StorageAccessDenied) as ei:
+        st.create(SmbLocation("HV01", "C$", "x.bin"))
+    assert "0xC0000022" in str(ei.value)
+    assert "Administrators" in (ei.value.what_to_do or "")
+    assert "LocalAccountTokenFilterPolicy" in (ei.value.what_to_do or "")
+
+
+def test_unreachable_server_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = SmbOptions(retries=2, retry_delay=0.01)
+    st = SmbStorage("u", "p", endpoints={"HV09": ("127.0.0.1", port)}, options=options)
+    log_cm = caplog.at_level(logging.WARNING, logger="bareos_hyperv.storage.smb")
+    with log_cm, pytest.raises(StorageConnectionError) as ei:
+        st.stat(SmbLocation("HV09", "C$", "x"))
+    assert f"127.0.0.1:{port}" in str(ei.value)
+    attempts = [r for r in caplog.records if "reconnecting, attempt" in r.getMessage()]
+    assert len(attempts) == 2
+
+
+# -- dropped connections ----------------------------------------------------------------------------
+
+
+def test_dropped_connection_mid_read_resumes_at_last_good_offset(
+    server: SambaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    digest = _random_file(server.shares["C$"] / "big.bin", 40 * MiB + 3)
+    st = _storage(server, read_size=2 * MiB, read_depth=3)
+    with st, st.open_read(SmbLocation("HV01", "C$", "big.bin")) as r:
+        h = hashlib.sha256()
+        buf = bytearray(MiB)
+        done = 0
+        dropped_at = -1
+        with caplog.at_level(logging.WARNING, logger="bareos_hyperv.storage.smb"):
+            while True:
+                n = r.readinto(buf)
+                if not n:
+                    break
+                h.update(memoryview(buf)[:n])
+                done += n
+                if dropped_at < 0 and done >= 17 * MiB:
+                    assert server.drop_connections() >= 1
+                    dropped_at = done
+        assert done == 40 * MiB + 3
+        assert h.hexdigest() == digest
+        assert r.reconnects == 1
+    lines = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert len(lines) == 1
+    assert "big.bin" in lines[0] and "attempt 1 of 3" in lines[0]
+    # The resume point is the first byte that had not arrived: at or after what the caller had, and
+    # at most the buffered request plus the three in flight (answered before the drop) beyond it.
+    offset = int(lines[0].split("offset ")[1].split()[0])
+    assert dropped_at <= offset <= dropped_at + 4 * 2 * MiB
+
+
+def test_server_restart_mid_read_resumes(server: SambaServer) -> None:
+    digest = _random_file(server.shares["C$"] / "r.bin", 12 * MiB)
+    st = _storage(server, read_size=MiB, read_depth=2)
+    with st, st.open_read(SmbLocation("HV01", "C$", "r.bin")) as r:
+        head = r.read(3 * MiB)
+        server.restart()
+        rest = r.read()
+    assert hashlib.sha256(head + rest).hexdigest() == digest
+    assert r.reconnects >= 1
+
+
+def test_drop_from_a_thread_while_reading(server: SambaServer) -> None:
+    digest = _random_file(server.shares["C$"] / "t.bin", 48 * MiB)
+    st = _storage(server, read_size=MiB, read_depth=4)
+    with st, st.open_read(SmbLocation("HV01", "C$", "t.bin")) as r:
+        dropped = threading.Event()
+
+        def killer() -> None:
+            # Cut the connection from outside while the reader is busy in the middle of the file.
+            while r.tell() < 10 * MiB:
+                threading.Event().wait(0.001)
+            server.drop_connections()
+            dropped.set()
+
+        t = threading.Thread(target=killer)
+        t.start()
+        h = hashlib.sha256()
+        buf = bytearray(64 * 1024)
+        while True:
+            n = r.readinto(buf)
+            if not n:
+                break
+            h.update(memoryview(buf)[:n])
+            if r.tell() >= 10 * MiB:
+                dropped.wait(5)
+        t.join()
+    assert h.hexdigest() == digest
+    assert r.reconnects == 1
+
+
+def test_dropped_connection_mid_write_resends_unacknowledged_data(server: SambaServer) -> None:
+    payload = os.urandom(12 * MiB + 11)
+    with _storage(server, write_size=MiB, write_depth=4) as st:
+        with st.create(SmbLocation("HV01", "C$", "w.tmp")) as w:
+            w.write(payload[: 5 * MiB])
+            assert server.drop_connections() >= 1
+            w.write(payload[5 * MiB :])
+        assert w.reconnects == 1
+        st.rename(SmbLocation("HV01", "C$", "w.tmp"), SmbLocation("HV01", "C$", "w.bin"))
+    assert (server.shares["C$"] / "w.bin").read_bytes() == payload
+
+
+def test_gives_up_after_retries_when_server_is_gone(
+    server: SambaServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    _random_file(server.shares["C$"] / "g.bin", 8 * MiB)
+    st = _storage(server, read_size=MiB, read_depth=2, retries=2)
+    with st, st.open_read(SmbLocation("HV01", "C$", "g.bin")) as r:
+        r.read(MiB)
+        server.stop()
+        log_cm = caplog.at_level(logging.WARNING, logger="bareos_hyperv.storage.smb")
+        with log_cm, pytest.raises(StorageConnectionError) as ei:
+            r.read()
+    assert "g.bin" in str(ei.value)
+    assert len([x for x in caplog.records if "reconnecting, attempt" in x.getMessage()]) == 2
