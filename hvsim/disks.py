@@ -60,7 +60,7 @@ FILL_UNIT_FIXED_VHD = 2 * 1024 * 1024  # fill granularity where the format has n
 COPY_CHUNK = 4 * 1024 * 1024  # bytes moved per read/write when copying or zeroing
 MAX_CHAIN_DEPTH = 64  # guards against a locator cycle
 CORRUPTIONS = ("header_checksum", "both_headers", "region_tables", "truncate", "footer_checksum",
-               "dynamic_header_checksum", "bat_beyond_eof")
+               "dynamic_header_checksum", "bat_beyond_eof", "bat_overlap")
 
 Image = Union[_vhd.Vhd, _vhdx.Vhdx]
 
@@ -547,7 +547,8 @@ def corrupt_disk(path: Path, how: str) -> None:
     to the other one), ``both_headers``, ``region_tables`` (VHDX), ``truncate`` (cut
     off the last MiB / the VHD footer), ``footer_checksum`` and
     ``dynamic_header_checksum`` (VHD), ``bat_beyond_eof`` (first BAT entry points
-    past the end of the file).
+    past the end of the file), ``bat_overlap`` (VHDX: first block mapped onto the
+    metadata region).
     """
     path = Path(path)
     if how not in CORRUPTIONS:
@@ -573,6 +574,9 @@ def corrupt_disk(path: Path, how: str) -> None:
                 f.seek(_vhdx.BAT_OFFSET)
                 f.write(struct.pack("<Q", _vhdx.round_up(size + 1, _vhdx.ALIGN) |
                                     _vhdx.PAYLOAD_BLOCK_FULLY_PRESENT))
+            elif how == "bat_overlap":
+                f.seek(_vhdx.BAT_OFFSET)
+                f.write(struct.pack("<Q", _vhdx.METADATA_OFFSET | _vhdx.PAYLOAD_BLOCK_FULLY_PRESENT))
             else:
                 raise ValueError(f"corruption {how!r} applies to VHD files only")
         elif how == "footer_checksum":

@@ -22,7 +22,7 @@ _DRIVE = re.compile(r"^([A-Za-z]):\\")
 
 
 class NodeFileSystem:
-    """Maps one node's host paths (``C:\...``) to local directories."""
+    r"""Maps one node's host paths (``C:\...``) to local directories."""
 
     def __init__(self, root: Path, node: str, csv_root: Path) -> None:
         self.root = root

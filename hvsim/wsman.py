@@ -14,6 +14,27 @@ come from WMI an ``f:ProviderFault`` (``WsmWmiPl.dll``) with a nested ``f:WSManF
 and an optional ``f:ExtendedError/p:__ExtendedStatus`` (winrb-soap_fault_v2.xml).
 Error codes are the ``ERROR_WSMAN_*`` values of Windows' ``wsmerror.h``; where the
 subcode Windows uses for a case was not recorded, the choice is noted at the code.
+
+Choices not backed by a recorded Windows response (verify on a lab host):
+
+* unknown namespace or class in the resource URI: ``a:DestinationUnreachable`` with
+  0x80338000 (WMI's invalid-class/namespace errors surface as "not found");
+* WQL filter sent to a class URI: ``w:InternalError`` with
+  ERROR_WSMAN_INVALID_URI_WMI_ENUM_WQL (0x803380FB);
+* Get/Invoke without selectors on a keyed class: ``w:InvalidSelectors`` with
+  ERROR_WSMAN_INVALID_URI_WMI_SINGLETON (0x803380FA);
+* unknown method: ``a:ActionNotSupported``; unknown in-parameter: ``w:InvalidParameter``
+  (detail InvalidName); unparsable embedded instance: ``w:SchemaValidationError``;
+* request ``w:MaxEnvelopeSize`` above the server's: ``w:EncodingLimit`` (0x80338047);
+  response too big: ``w:EncodingLimit`` (0x80338048); request body above the server's
+  MaxEnvelopeSizekb: HTTP 413 with no body (as clients report from Windows);
+* a missing ``a:Action``/``a:MessageID``: ``a:MessageInformationHeaderRequired``;
+  ``a:To`` and ``a:ReplyTo`` are not required.
+
+``WSMAN_FAULT`` rules fire with the method name as target for Invoke and with the
+operation name (``Identify``, ``Get``, ``Enumerate``, ``Pull``, ``Release``) otherwise.
+Association queries without an association class need the optional repository method
+``class_names(namespace)``.
 """
 
 from __future__ import annotations
@@ -456,7 +477,9 @@ class Dispatcher:
         self._clock = clock
         self._lock = threading.Lock()
         self._enumerations: Dict[str, _Enumeration] = {}
+        # Class schemas are static for a node's lifetime; cache the inheritance walk.
         self._props_cache: Dict[Tuple[str, str], Tuple[PropDef, ...]] = {}
+        self._schema_cache: Dict[Tuple[str, str], ClassDef | None] = {}
         self._parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
     # ------------------------------------------------------------------ entry point
@@ -1252,10 +1275,13 @@ class Dispatcher:
         return cdef.keys if cdef else ()
 
     def _schema_of(self, inst: CimInstance) -> ClassDef | None:
+        key = (inst.namespace.lower(), inst.class_name.lower())
+        if key in self._schema_cache:
+            return self._schema_cache[key]
         cdef = self.repo.class_def(inst.namespace, inst.class_name)
-        if cdef is None:
-            return None
-        return _schema_view(self._all_props(inst.namespace, inst.class_name), cdef)
+        view = None if cdef is None else _schema_view(self._all_props(inst.namespace, inst.class_name), cdef)
+        self._schema_cache[key] = view
+        return view
 
     def _is_a(self, namespace: str) -> Callable[[str, str], bool]:
         return lambda cls, base: self.repo.is_a(namespace, cls, base)

@@ -439,6 +439,7 @@ def test_dirty_log_is_replayable_by_qemu(tmp_path: Path, kind: str) -> None:
     ("vhdx", "region_tables", True, True),
     ("vhdx", "truncate", True, True),
     ("vhdx", "bat_beyond_eof", True, True),
+    ("vhdx", "bat_overlap", True, True),
     ("vhd", "footer_checksum", True, False),  # qemu reads the dynamic disk's footer copy at 0
     ("vhd", "dynamic_header_checksum", True, False),  # qemu does not verify that checksum
     ("vhd", "truncate", True, True),  # the last block now runs past the end of the file
@@ -462,6 +463,16 @@ def test_corrupt_files(tmp_path: Path, fmt: str, how: str, disk_info_fails: bool
     ok = (qemu("info", "-f", QEMU_FMT[fmt], str(path), check=False).returncode == 0
           and (fmt == "vhd" or qemu("check", "-f", "vhdx", str(path), check=False).returncode == 0))
     assert ok != qemu_fails
+
+
+def test_partially_present_block_needs_a_sector_bitmap(tmp_path: Path) -> None:
+    _parent, child, _base = _chain(tmp_path, "vhdx")
+    disks.guest_write(child, 0, b"c" * 512)
+    assert disks.disk_info(child).kind == "differencing"
+    with vhdx.Vhdx.open(child, writable=True) as d:
+        d._set_entry(d.sb_index(0), vhdx.SB_BLOCK_NOT_PRESENT)
+    with pytest.raises(ValueError, match="without a sector bitmap"):
+        disks.disk_info(child)
 
 
 def test_corrupt_disk_rejects_unknown_kind(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import tracemalloc
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Set, Tuple
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -52,6 +52,7 @@ from bareos_hyperv.storage.vhd.structures import (
     FILE_PARAMETERS_GUID,
     LOGICAL_SECTOR_SIZE_GUID,
     METADATA_REGION_GUID,
+    NIL_GUID,
     PARENT_LOCATOR_GUID,
     PHYSICAL_SECTOR_SIZE_GUID,
     VIRTUAL_DISK_ID_GUID,
@@ -93,7 +94,7 @@ def _decompress(name: str, dest: Path) -> Path:
     out = dest / name.rsplit(".", 1)[0]
     if not out.exists():
         opener = gzip.open if name.endswith(".gz") else bz2.open
-        with opener(src, "rb") as fin, out.open("wb") as fout:  # type: ignore[operator]
+        with opener(src, "rb") as fin, out.open("wb") as fout:
             shutil.copyfileobj(fin, fout, 4 * MiB)
     return out
 
@@ -150,7 +151,9 @@ def _sha_virtual(read: Callable[[int, int], bytes], size: int, step: int = 32 * 
     return h.hexdigest()
 
 
-def _qemu_create(path: Path, fmt: str, size: int, options: str, writes: Sequence[Tuple[int, int, int]]) -> Path:
+def _qemu_create(
+    path: Path, fmt: str, size: int, options: str, writes: Sequence[Tuple[int, int, int]]
+) -> Path:
     subprocess.run([QEMU_IMG, "create", "-q", "-f", fmt, "-o", options, str(path), str(size)], check=True)
     if writes:
         if QEMU_IO:
@@ -165,7 +168,9 @@ def _qemu_create(path: Path, fmt: str, size: int, options: str, writes: Sequence
                 for pattern, offset, length in writes:
                     fh.seek(offset)
                     fh.write(bytes([pattern]) * length)
-            subprocess.run([QEMU_IMG, "convert", "-f", "raw", "-O", fmt, "-o", options, str(raw), str(path)], check=True)
+            subprocess.run(
+                [QEMU_IMG, "convert", "-f", "raw", "-O", fmt, "-o", options, str(raw), str(path)], check=True
+            )
             raw.unlink()
     return path
 
@@ -179,9 +184,12 @@ def _check_consistent(disk: VirtualDisk, read_limit: int = 4 * MiB) -> None:
         pos = ext.virtual_end
         if ext.kind is ExtentKind.DATA:
             assert ext.file_offset is not None
-            assert 0 <= ext.file_offset and ext.file_offset + ext.length <= lay.file_size
+            assert ext.file_offset >= 0 and ext.file_offset + ext.length <= lay.file_size
             for meta in lay.metadata_ranges:
-                assert not (ext.file_offset < meta.end and meta.offset < ext.file_offset + ext.length), (ext, meta)
+                assert not (ext.file_offset < meta.end and meta.offset < ext.file_offset + ext.length), (
+                    ext,
+                    meta,
+                )
         else:
             assert ext.file_offset is None
     assert pos == lay.virtual_size
@@ -204,12 +212,14 @@ class VhdxSpec:
     logical: int = 512
     physical: int = 4096
     fixed: bool = False
-    locator: Optional[Dict[str, str]] = None  # set -> differencing
+    locator: Dict[str, str] | None = None  # set -> differencing
     full: Dict[int, bytes] = dataclasses.field(default_factory=dict)  # block -> content
-    partial: Dict[int, Tuple[bytes, Set[int]]] = dataclasses.field(default_factory=dict)  # block -> (content, sectors)
+    partial: Dict[int, Tuple[bytes, Set[int]]] = dataclasses.field(
+        default_factory=dict
+    )  # block -> (content, sectors)
     states: Dict[int, int] = dataclasses.field(default_factory=dict)  # block -> non-allocated state
     data_write_guid: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
-    log_guid: uuid.UUID = uuid.UUID(int=0)
+    log_guid: uuid.UUID = NIL_GUID
     sequence: Tuple[int, int] = (1, 2)
     extra_regions: Sequence[RegionTableEntry] = ()
     extra_metadata: Sequence[MetadataTableEntry] = ()
@@ -222,7 +232,11 @@ def build_vhdx(spec: VhdxSpec) -> bytearray:
     chunk_ratio = (1 << 23) * lss // bs
     blocks = -(-spec.virtual_size // bs)
     sb_blocks = -(-blocks // chunk_ratio)
-    entries = sb_blocks * (chunk_ratio + 1) if has_parent else (blocks + (blocks - 1) // chunk_ratio if blocks else 0)
+    entries = (
+        sb_blocks * (chunk_ratio + 1)
+        if has_parent
+        else (blocks + (blocks - 1) // chunk_ratio if blocks else 0)
+    )
     bat_len = max(MiB, -(-entries * 8 // MiB) * MiB)
     bat_off, meta_off, log_off = 3 * MiB, 2 * MiB, 1 * MiB
     next_free = bat_off + bat_len
@@ -251,7 +265,7 @@ def build_vhdx(spec: VhdxSpec) -> bytearray:
         bat[chunk * (chunk_ratio + 1) + chunk_ratio] = alloc(bytes(bitmap), MiB) | 6
 
     out = bytearray(next_free)
-    out[0 : 520] = VhdxFileIdentifier(creator="bareos-hyperv test builder").pack()
+    out[0:520] = VhdxFileIdentifier(creator="bareos-hyperv test builder").pack()
     for number, (offset, seq) in enumerate(zip((64 * KiB, 128 * KiB), spec.sequence)):
         header = VhdxHeader(
             sequence_number=seq,
@@ -293,7 +307,9 @@ def build_vhdx(spec: VhdxSpec) -> bytearray:
             blob += k
             voff = len(blob)
             blob += v
-            entry = ParentLocatorEntry(key_offset=koff, value_offset=voff, key_length=len(k), value_length=len(v))
+            entry = ParentLocatorEntry(
+                key_offset=koff, value_offset=voff, key_length=len(k), value_length=len(v)
+            )
             blob[20 + 12 * i : 32 + 12 * i] = entry.pack()
         items.append((PARENT_LOCATOR_GUID, bytes(blob), 0x4))
     meta = bytearray(MiB)
@@ -302,16 +318,16 @@ def build_vhdx(spec: VhdxSpec) -> bytearray:
         *spec.extra_metadata,
     ]
     pos = 64 * KiB
-    for i, (item_id, blob_bytes, _f) in enumerate(items):
+    for i, (_item_id, blob_bytes, _f) in enumerate(items):
         entries_meta[i] = dataclasses.replace(entries_meta[i], offset=pos, length=len(blob_bytes))
         meta[pos : pos + len(blob_bytes)] = blob_bytes
         pos += -(-len(blob_bytes) // 8) * 8
     meta[0:32] = MetadataTableHeader(entry_count=len(entries_meta)).pack()
-    for i, entry in enumerate(entries_meta):
-        meta[32 + 32 * i : 64 + 32 * i] = entry.pack()
+    for i, meta_entry in enumerate(entries_meta):
+        meta[32 + 32 * i : 64 + 32 * i] = meta_entry.pack()
     out[meta_off : meta_off + MiB] = meta
-    for i, value in enumerate(bat):
-        out[bat_off + 8 * i : bat_off + 8 * i + 8] = value.to_bytes(8, "little")
+    for i, bat_value in enumerate(bat):
+        out[bat_off + 8 * i : bat_off + 8 * i + 8] = bat_value.to_bytes(8, "little")
     for off, data in payload:
         out[off : off + len(data)] = data
     return out
@@ -323,7 +339,7 @@ def build_vhd_diff(
     locators: Mapping[bytes, str],
     partial: Mapping[int, Tuple[bytes, Set[int]]],
     block_size: int = 2 * MiB,
-    unique_id: Optional[uuid.UUID] = None,
+    unique_id: uuid.UUID | None = None,
 ) -> bytearray:
     """A differencing VHD: footer copy, dynamic header, BAT, locator data, blocks with MSB-first bitmaps."""
     blocks = -(-virtual_size // block_size)
@@ -336,7 +352,10 @@ def build_vhd_diff(
         data = path.encode("utf-16-le")
         loc_entries.append(
             VhdParentLocatorEntry(
-                platform_code=code, platform_data_space=512, platform_data_length=len(data), platform_data_offset=pos
+                platform_code=code,
+                platform_data_space=512,
+                platform_data_length=len(data),
+                platform_data_offset=pos,
             )
         )
         loc_data.append((pos, data))
@@ -434,14 +453,17 @@ def test_fixture_matches_qemu(name: str, fixture_dir: Path, tmp_path: Path) -> N
 def _assert_map_matches_qemu(disk: VirtualDisk, path: Path) -> None:
     """qemu's vpc driver reports allocation; its data ranges and file offsets must equal ours."""
     ours = [(e.virtual_offset, e.length, e.file_offset) for e in disk.extents() if e.kind is ExtentKind.DATA]
-    theirs: List[Tuple[int, int, Optional[int]]] = []
+    theirs: List[Tuple[int, int, int | None]] = []
     for item in _qemu_map(path):
-        if item["data"]:
-            start, length, offset = int(item["start"]), int(item["length"]), int(item["offset"])  # type: ignore[call-overload]
-            if theirs and theirs[-1][0] + theirs[-1][1] == start and theirs[-1][2] + theirs[-1][1] == offset:  # type: ignore[operator]
-                prev = theirs.pop()
-                start, length, offset = prev[0], prev[1] + length, prev[2]  # type: ignore[assignment]
-            theirs.append((start, length, offset))
+        if not item["data"]:
+            continue
+        start, length, offset = int(str(item["start"])), int(str(item["length"])), int(str(item["offset"]))
+        if theirs:
+            p_start, p_length, p_offset = theirs[-1]
+            if p_start + p_length == start and p_offset is not None and p_offset + p_length == offset:
+                theirs[-1] = (p_start, p_length + length, p_offset)
+                continue
+        theirs.append((start, length, offset))
     assert ours == theirs
 
 
@@ -455,7 +477,8 @@ def test_fixture_facts(fixture_dir: Path) -> None:
         assert lay.disk_type is DiskType.DYNAMIC and not lay.has_parent and lay.parent_locator is None
         raw = (fixture_dir / "dissect-dynamic.vhdx").read_bytes()[: 192 * KiB]
         current = max(
-            (VhdxHeader.unpack(raw, 64 * KiB), VhdxHeader.unpack(raw, 128 * KiB)), key=lambda h: h.sequence_number
+            (VhdxHeader.unpack(raw, 64 * KiB), VhdxHeader.unpack(raw, 128 * KiB)),
+            key=lambda h: h.sequence_number,
         )
         assert lay.header_sequence_number == current.sequence_number
         assert lay.data_write_guid == current.data_write_guid
@@ -537,12 +560,20 @@ def test_qemu_vpc_without_force_size_uses_geometry(tmp_path: Path) -> None:
 
 def test_map_virtual_ranges_to_blocks(tmp_path: Path) -> None:
     path = _qemu_create(
-        tmp_path / "rct.vhdx", "vhdx", 8 * MiB, "subformat=dynamic,block_size=1M,block_state_zero=off", [(1, 0, MiB), (2, 3 * MiB, 4096)]
+        tmp_path / "rct.vhdx",
+        "vhdx",
+        8 * MiB,
+        "subformat=dynamic,block_size=1M,block_state_zero=off",
+        [(1, 0, MiB), (2, 3 * MiB, 4096)],
     )
     with open_file(path) as disk:
         rct = [(3 * MiB + 100, 10), (10, 20), (2 * MiB, 1), (15, 100)]
         blocks = list(disk.map_virtual_ranges(rct))
-        assert [(b.index, b.kind) for b in blocks] == [(0, BlockKind.FULL), (2, BlockKind.ABSENT), (3, BlockKind.FULL)]
+        assert [(b.index, b.kind) for b in blocks] == [
+            (0, BlockKind.FULL),
+            (2, BlockKind.ABSENT),
+            (3, BlockKind.FULL),
+        ]
         assert blocks[1].file_ranges == ()
         data_extents = {e.virtual_offset: e for e in disk.allocated_extents()}
         for block in (blocks[0], blocks[2]):
@@ -615,11 +646,20 @@ def test_vhdx_differencing_chain(tmp_path: Path) -> None:
         assert lay.disk_type is DiskType.DIFFERENCING and lay.has_parent
         assert lay.parent_locator is not None and lay.parent_locator.parent_linkage == linkage
         assert lay.parent_locator.relative_path == ".\\parent.vhdx"
-        assert child.sector_bitmap_runs(2) == [(0, 3, True), (3, 4, False), (7, 2, True), (9, 2038, False), (2047, 1, True)]
+        assert child.sector_bitmap_runs(2) == [
+            (0, 3, True),
+            (3, 4, False),
+            (7, 2, True),
+            (9, 2038, False),
+            (2047, 1, True),
+        ]
         assert child.sector_bitmap_runs(0) == []
         kinds = [(e.kind, e.virtual_offset, e.length) for e in child.extents(2 * MiB, MiB)]
-        assert kinds[:3] == [(ExtentKind.DATA, 2 * MiB, 1536), (ExtentKind.ABSENT, 2 * MiB + 1536, 2048),
-                             (ExtentKind.DATA, 2 * MiB + 3584, 1024)]
+        assert kinds[:3] == [
+            (ExtentKind.DATA, 2 * MiB, 1536),
+            (ExtentKind.ABSENT, 2 * MiB + 1536, 2048),
+            (ExtentKind.DATA, 2 * MiB + 3584, 1024),
+        ]
         mapped = list(child.map_virtual_ranges([(2 * MiB + 10, 1)]))
         assert [r.what for r in mapped[0].file_ranges] == ["sector bitmap", "block 2"]
         assert mapped[0].file_ranges[0].length == MiB // 512 // 8
@@ -636,9 +676,10 @@ def test_vhdx_differencing_chain(tmp_path: Path) -> None:
     with resolve_chain(open_fn, str(child_path)) as chain:
         assert [Path(p).name for p in chain.paths] == ["child.avhdx", "parent.vhdx"]
         assert chain.read_virtual(0, 4 * MiB) == _expected_chain_content(parent_bytes, spec)
-        assert chain.read_virtual(2 * MiB + 1000, 5000) == _expected_chain_content(parent_bytes, spec)[
-            2 * MiB + 1000 : 2 * MiB + 6000
-        ]
+        assert (
+            chain.read_virtual(2 * MiB + 1000, 5000)
+            == _expected_chain_content(parent_bytes, spec)[2 * MiB + 1000 : 2 * MiB + 6000]
+        )
     assert opened == [str(child_path), str(tmp_path / "parent.vhdx")]
 
 
@@ -648,7 +689,11 @@ def test_chain_falls_back_to_absolute_path(tmp_path: Path) -> None:
         linkage = str(parent.layout.data_write_guid)
     spec = VhdxSpec(
         virtual_size=4 * MiB,
-        locator={"parent_linkage": linkage, "relative_path": "missing.vhdx", "absolute_win32_path": str(parent_path)},
+        locator={
+            "parent_linkage": linkage,
+            "relative_path": "missing.vhdx",
+            "absolute_win32_path": str(parent_path),
+        },
     )
     sub = tmp_path / "sub"
     sub.mkdir()
@@ -658,7 +703,7 @@ def test_chain_falls_back_to_absolute_path(tmp_path: Path) -> None:
         assert chain.read_virtual(0, 4096) == b"\x77" * 4096
 
 
-def _diff_pointing_to(path: Path, target: str, linkage: uuid.UUID, own: Optional[uuid.UUID] = None) -> None:
+def _diff_pointing_to(path: Path, target: str, linkage: uuid.UUID, own: uuid.UUID | None = None) -> None:
     spec = VhdxSpec(
         virtual_size=4 * MiB,
         locator={"parent_linkage": "{" + str(linkage) + "}", "relative_path": target},
@@ -732,7 +777,13 @@ def test_vhd_differencing_chain(tmp_path: Path) -> None:
         assert lay.parent_locator.absolute_win32_path == "D:\\VMs\\base.vhd"
         assert lay.parent_locator.parent_name == "parent.vhd"
         assert lay.parent_locator.parent_unique_id == parent_id
-        assert disk.sector_bitmap_runs(1) == [(0, 1, True), (1, 4, False), (5, 2, True), (7, 4088, False), (4095, 1, True)]
+        assert disk.sector_bitmap_runs(1) == [
+            (0, 1, True),
+            (1, 4, False),
+            (5, 2, True),
+            (7, 4088, False),
+            (4095, 1, True),
+        ]
         _check_consistent(disk)
     with resolve_chain(open_file, str(child_path)) as chain:
         assert chain.read_virtual(0, 6 * MiB) == bytes(expected)
@@ -786,8 +837,13 @@ def test_large_sparse_vhdx_is_lazy() -> None:
 @pytest.fixture(scope="module")
 def small_vhdx(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     tmp = tmp_path_factory.mktemp("small-vhdx")
-    path = _qemu_create(tmp / "s.vhdx", "vhdx", 4 * MiB, "subformat=dynamic,block_size=1M,log_size=1M",
-                        [(0x3C, 0, MiB), (0x4D, 2 * MiB, 4096)])
+    path = _qemu_create(
+        tmp / "s.vhdx",
+        "vhdx",
+        4 * MiB,
+        "subformat=dynamic,block_size=1M,log_size=1M",
+        [(0x3C, 0, MiB), (0x4D, 2 * MiB, 4096)],
+    )
     return path.read_bytes()
 
 
@@ -829,9 +885,9 @@ def _expect(data: bytes, cls: type, match: str, name: str = "hostile.vhdx") -> V
     with pytest.raises(cls, match=match) as info:
         open_disk(BytesSource(data, name))
     err = info.value
-    assert isinstance(err, StorageError)
+    assert isinstance(err, VhdError) and isinstance(err, StorageError)
     assert name in str(err) and err.what_to_do
-    return err  # type: ignore[no-any-return]
+    return err
 
 
 def test_log_not_empty_is_refused_with_replay_hint(small_vhdx: bytes) -> None:
@@ -957,7 +1013,10 @@ def test_vhd_refusals(small_vhd: bytes) -> None:
     _expect(bytes(buf), VhdLimitError, "2040 GiB", "s.vhd")
     # BAT entry past the end / onto the dynamic header.
     table = VhdDynamicHeader.unpack(small_vhd, 512).table_offset
-    for sector, cls, match in ((len(small_vhd) // 512, VhdTruncatedError, "past the end"), (1, VhdCorruptError, "overlaps")):
+    for sector, cls, match in (
+        (len(small_vhd) // 512, VhdTruncatedError, "past the end"),
+        (1, VhdCorruptError, "overlaps"),
+    ):
         buf = bytearray(small_vhd)
         buf[table + 4 : table + 8] = sector.to_bytes(4, "big")
         _expect(bytes(buf), cls, match, "s.vhd")
@@ -1016,7 +1075,9 @@ def _interesting_offsets_vhd(data: bytes) -> List[int]:
     return offsets
 
 
-def _mutate(data: bytes, offsets: List[int], mutations: List[Tuple[int, str, int]], fix: bool, vhdx: bool) -> bytes:
+def _mutate(
+    data: bytes, offsets: List[int], mutations: List[Tuple[int, str, int]], fix: bool, vhdx: bool
+) -> bytes:
     buf = bytearray(data)
     for which, kind, value in mutations:
         pos = offsets[which % len(offsets)]
@@ -1057,8 +1118,14 @@ def hostile_bases(small_vhdx: bytes, small_vhd: bytes) -> Dict[str, Tuple[bytes,
         partial={1: (_pattern(2, MiB), {1, 2, 3, 500})},
     )
     diff_bytes = bytes(build_vhdx(diff))
-    vhd_diff = bytes(build_vhd_diff(4 * MiB, uuid.uuid4(), {b"W2ru": "p.vhd", b"W2ku": "C:\\p.vhd"},
-                                    {0: (_pattern(3, 2 * MiB), {0, 9})}))
+    vhd_diff = bytes(
+        build_vhd_diff(
+            4 * MiB,
+            uuid.uuid4(),
+            {b"W2ru": "p.vhd", b"W2ku": "C:\\p.vhd"},
+            {0: (_pattern(3, 2 * MiB), {0, 9})},
+        )
+    )
     return {
         "vhdx": (small_vhdx, _interesting_offsets_vhdx(small_vhdx), True),
         "vhdx-diff": (diff_bytes, _interesting_offsets_vhdx(diff_bytes), True),
@@ -1071,7 +1138,11 @@ HOSTILE = settings(
     max_examples=200,
     derandomize=True,
     deadline=timedelta(seconds=5),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
 )
 
 
@@ -1079,7 +1150,10 @@ HOSTILE = settings(
 @HOSTILE
 @given(mutations=st.lists(MUTATION, min_size=1, max_size=4), fix=st.booleans())
 def test_mutated_structures_parse_or_raise_storage_error(
-    hostile_bases: Dict[str, Tuple[bytes, List[int], bool]], base: str, mutations: List[Tuple[int, str, int]], fix: bool
+    hostile_bases: Dict[str, Tuple[bytes, List[int], bool]],
+    base: str,
+    mutations: List[Tuple[int, str, int]],
+    fix: bool,
 ) -> None:
     data, offsets, vhdx = hostile_bases[base]
     _open_and_check(_mutate(data, offsets, mutations, fix, vhdx), f"{base}-mutant")
@@ -1092,7 +1166,10 @@ def test_mutated_structures_parse_or_raise_storage_error(
     mutations=st.lists(MUTATION, max_size=2),
 )
 def test_truncated_and_mutated_files_stay_bounded(
-    hostile_bases: Dict[str, Tuple[bytes, List[int], bool]], base: str, cut: int, mutations: List[Tuple[int, str, int]]
+    hostile_bases: Dict[str, Tuple[bytes, List[int], bool]],
+    base: str,
+    cut: int,
+    mutations: List[Tuple[int, str, int]],
 ) -> None:
     data, offsets, vhdx = hostile_bases[base]
     mutated = _mutate(data, offsets, mutations, True, vhdx)[: min(cut, len(data))]
@@ -1104,8 +1181,3 @@ def test_truncated_and_mutated_files_stay_bounded(
         tracemalloc.stop()
     # The input copy inside BytesSource plus bounded reads (BAT chunks, 2 MiB of content).
     assert peak < len(mutated) + 24 * MiB
-
-
-def _all_extents(disk: VirtualDisk) -> Iterator[Tuple[str, int, int]]:
-    for e in disk.extents():
-        yield e.kind.value, e.virtual_offset, e.length

@@ -44,16 +44,16 @@ GUID_BE = bytes.fromhex("00112233445566778899aabbccddeeff")
 def _head(name: str, length: int) -> bytes:
     path = FIXTURES / name
     opener = gzip.open if name.endswith(".gz") else bz2.open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
-        return fh.read(length)  # type: ignore[no-any-return]
+    with opener(path, "rb") as fh:
+        return fh.read(length)
 
 
 def _tail(name: str, length: int) -> bytes:
     path = FIXTURES / name
     opener = gzip.open if name.endswith(".gz") else bz2.open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
+    with opener(path, "rb") as fh:
         data = fh.read()
-    return data[-length:]  # type: ignore[no-any-return]
+    return data[-length:]
 
 
 def test_vhdx_header_known_bytes() -> None:
@@ -123,7 +123,9 @@ def test_metadata_table_known_bytes() -> None:
 
 def test_parent_locator_known_bytes() -> None:
     header = ParentLocatorHeader(key_value_count=3)
-    assert header.pack() == bytes.fromhex("b7ef4ab0 9ed1 814a b78925b8e9445913".replace(" ", "")) + b"\0\0\x03\0"
+    assert (
+        header.pack() == bytes.fromhex("b7ef4ab0 9ed1 814a b78925b8e9445913".replace(" ", "")) + b"\0\0\x03\0"
+    )
     assert ParentLocatorHeader.unpack(header.pack()).locator_type == VHDX_PARENT_LOCATOR_TYPE_GUID
     entry = ParentLocatorEntry(key_offset=0x20, value_offset=0x40, key_length=28, value_length=76)
     assert entry.pack() == struct.pack("<IIHH", 0x20, 0x40, 28, 76)
@@ -178,9 +180,10 @@ def test_vhd_footer_known_bytes_and_checksum() -> None:
 def test_vhd_dynamic_header_known_bytes() -> None:
     locators = (
         VhdParentLocatorEntry(
-            platform_code=b"W2ru", platform_data_space=512, platform_data_length=20, platform_data_offset=0x800
+            platform_code=b"W2ru", platform_data_space=512, platform_data_length=20, platform_data_offset=2048
         ),
-    ) + tuple(VhdParentLocatorEntry() for _ in range(7))
+        *tuple(VhdParentLocatorEntry() for _ in range(7)),
+    )
     dyn = VhdDynamicHeader(
         table_offset=1536,
         max_table_entries=5,

@@ -10,7 +10,7 @@ table takes a few milliseconds, which is all the reader ever checksums: payload 
 from __future__ import annotations
 
 import sys
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 __all__ = ["CRC32C_POLYNOMIAL_REFLECTED", "crc32c"]
 
@@ -36,7 +36,7 @@ _T0, _T1, _T2, _T3 = _make_tables()
 _NATIVE_LITTLE_ENDIAN = sys.byteorder == "little" and memoryview(b"\0\0\0\0").cast("I").itemsize == 4
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
+def crc32c(data: Union[bytes, bytearray, memoryview], crc: int = 0) -> int:
     """Return the CRC-32C of ``data``.
 
     ``crc`` continues a previous result (``crc32c(b, crc32c(a)) == crc32c(a + b)``).

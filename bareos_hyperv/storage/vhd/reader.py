@@ -1620,7 +1620,18 @@ class VirtualDisk:
     def map_virtual_ranges(self, ranges: Iterable[Tuple[int, int]]) -> Iterator[MappedBlock]:
         """Blocks touched by the virtual byte ``ranges`` ``(offset, length)`` (e.g. from RCT), each
         once and in order, with the file ranges (payload, sector bitmap) that hold them."""
-        merged: List[Tuple[int, int]] = []
+        return self._mapped(ranges, allocated_only=False)
+
+    def file_ranges_for(self, ranges: Iterable[Tuple[int, int]]) -> List[FileRange]:
+        """Merged, sorted file ranges holding the virtual byte ``ranges`` (what an incremental
+        backup copies, besides :attr:`DiskLayout.metadata_ranges`)."""
+        out: List[FileRange] = []
+        for block in self._mapped(ranges, allocated_only=True):
+            out.extend(block.file_ranges)
+        return _merge_file_ranges(out)
+
+    def _mapped(self, ranges: Iterable[Tuple[int, int]], *, allocated_only: bool) -> Iterator[MappedBlock]:
+        merged: list[Tuple[int, int]] = []
         for offset, length in sorted((int(o), int(n)) for o, n in ranges):
             self._check_range(offset, length)
             if length == 0:
@@ -1638,25 +1649,20 @@ class VirtualDisk:
                 continue
             next_block = last
             for run in self._backend.runs(first, last):
+                allocated = run.kind in (BlockKind.FULL, BlockKind.PARTIAL)
+                if allocated_only and not allocated:
+                    continue  # a huge sparse run is skipped without visiting its blocks
                 for block in range(run.first, run.first + run.nblocks):
                     vstart = block * unit
                     vlen = min(unit, self.virtual_size - vstart)
                     file_ranges: Tuple[FileRange, ...] = ()
-                    if run.kind in (BlockKind.FULL, BlockKind.PARTIAL):
+                    if allocated:
                         payload = FileRange(
                             run.file_offset + (block - run.first) * unit, vlen, f"block {block}"
                         )
                         bitmap = self._backend.bitmap_range(block)
                         file_ranges = (payload,) if bitmap is None else (bitmap, payload)
                     yield MappedBlock(block, vstart, vlen, run.kind, file_ranges)
-
-    def file_ranges_for(self, ranges: Iterable[Tuple[int, int]]) -> List[FileRange]:
-        """Merged, sorted file ranges holding the virtual byte ``ranges`` (what an incremental
-        backup copies, besides :attr:`DiskLayout.metadata_ranges`)."""
-        out: List[FileRange] = []
-        for block in self.map_virtual_ranges(ranges):
-            out.extend(block.file_ranges)
-        return _merge_file_ranges(out)
 
     def read_virtual(self, offset: int, length: int) -> bytes:
         """Read virtual bytes; holes read as zeros.  Differencing disks: use :class:`DiskChain`."""
