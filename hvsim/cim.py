@@ -30,7 +30,6 @@ protocol from the specification and the recorded fixtures.
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 

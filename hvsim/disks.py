@@ -23,8 +23,8 @@ Behaviour worth knowing when you test a reader against these files:
   differencing default), page 83 disk id copied from the parent, locator keys
   ``parent_linkage`` (``{lower-case guid}``), ``relative_path``,
   ``volume_path``, ``absolute_win32_path`` (``\\?\C:\...``).  VHD children
-  record ParentUniqueId, ParentTimeStamp, the parent's absolute host path as
-  ParentUnicodeName and W2ku/W2ru locators.
+  record ParentUniqueId, ParentTimeStamp, the parent's file name as
+  ParentUnicodeName and W2ku (absolute) / W2ru (relative) locators.
 * VHD stores no sector sizes: ``disk_info`` reports 512/512 for VHD.
 * Parents are found from the child's ``relative_path`` (W2ru for VHD) relative
   to the child's folder, falling back to the file name next to the child;

@@ -10,6 +10,9 @@ Layout as Windows writes it (compare /work/shared/fixtures/vhd/dissect-dynamic.v
     end     footer (512 bytes)
 
 Creator ``win `` 10.0 on ``Wi2k`` so that qemu uses ``CurrentSize`` as Hyper-V does.
+Differencing disks: ParentUnicodeName holds the parent's file name (UTF-16BE, as the
+spec and VirtualBox have it); locator "platform data space" is in bytes (VirtualBox
+reads it so; the spec says sectors - readers should use the data length).
 Dynamic disks set every bitmap bit of an allocated block (as Windows does);
 differencing disks set the bits of the sectors they hold (bit 7 of byte 0 is
 sector 0, i.e. most significant bit first).
@@ -210,7 +213,7 @@ def create(path: Path, kind: str, virtual_size: int, block_size: int, *,
         if parent is not None:
             puid, pts, abs_path, rel_path = parent
             dyn.parent_unique_id, dyn.parent_timestamp = puid, pts
-            dyn.parent_name = abs_path
+            dyn.parent_name = PureWindowsPath(abs_path).name  # the spec's "parent filename"
             for code, text in ((PLATFORM_W2KU, abs_path), (PLATFORM_W2RU, rel_path)):
                 data = text.encode("utf-16-le")
                 space = -(-len(data) // SECTOR) * SECTOR or SECTOR
@@ -445,7 +448,8 @@ class Vhd:
         """Rewrite parent identity and locators (paths must fit the existing locator space)."""
         assert self.dyn is not None
         puid, pts, abs_path, rel_path = parent
-        self.dyn.parent_unique_id, self.dyn.parent_timestamp, self.dyn.parent_name = puid, pts, abs_path
+        self.dyn.parent_unique_id, self.dyn.parent_timestamp = puid, pts
+        self.dyn.parent_name = PureWindowsPath(abs_path).name
         new_locs = []
         for code, space, _length, off in self.dyn.locators:
             text = abs_path if code == PLATFORM_W2KU else rel_path

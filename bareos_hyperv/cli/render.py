@@ -48,7 +48,7 @@ def render_inventory(inv: Inventory) -> str:
                 DriveKind.DVD: "dvd",
                 DriveKind.FLOPPY: "floppy",
             }[d.kind]
-            out.append(f"    {str(d.slot):<10} {what:<12} {d.path or d.host_resource or '(empty)'}")
+            out.append(f"    {d.slot!s:<10} {what:<12} {d.path or d.host_resource or '(empty)'}")
         for a in vm.adapters:
             sw = a.switch_name if a.connected and a.switch_name else "(not connected)"
             out.append(f"    nic {a.name!r} mac {a.mac}{' static' if a.static_mac else ''} -> {sw}")

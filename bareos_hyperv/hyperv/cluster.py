@@ -56,9 +56,9 @@ def _vm_id(resource: CimInstance) -> Optional[str]:
 def vm_groups(client: CimClient) -> list[VmGroup]:
     """Every VM role of the cluster with its VM GUID and owner node (two round trips)."""
     groups = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_GROUP} WHERE GroupType = "
-                          f"{C.GROUP_TYPE_VIRTUAL_MACHINE}")
+                          f"{C.wql_literal(C.GROUP_TYPE_VIRTUAL_MACHINE)}")
     resources = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_RESOURCE} WHERE Type = "
-                             f"'{C.RESOURCE_TYPE_VM}'")
+                             f"{C.wql_literal(C.RESOURCE_TYPE_VM)}")
     vm_of_group: dict[str, str] = {}
     names_of_group: dict[str, list[str]] = {}
     for res in resources:

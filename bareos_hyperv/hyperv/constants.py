@@ -145,3 +145,17 @@ def power_state(enabled_state: int) -> PowerState:
 
 
 SUBTYPE_GENERATION_PREFIX = "Microsoft:Hyper-V:SubType:"
+
+
+def wql_literal(value: object) -> str:
+    """A WQL literal: strings single-quoted with ``\\`` and ``'`` escaped, numbers and booleans bare.
+
+    Every value that goes into a WQL query passes through here, so a VM name with a
+    quote in it can neither break nor change the query.
+    """
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"

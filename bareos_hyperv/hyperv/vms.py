@@ -62,7 +62,7 @@ class VmSettings:
 
 def list_vms(client: CimClient) -> list[VmSummary]:
     """Every VM registered on the host the client talks to (one enumeration)."""
-    found = client.query(C.NS_VIRT, f"SELECT * FROM {C.COMPUTER_SYSTEM} WHERE Caption = '{C.CAPTION_VM}'")
+    found = client.query(C.NS_VIRT, f"SELECT * FROM {C.COMPUTER_SYSTEM} WHERE Caption = {C.wql_literal(C.CAPTION_VM)}")
     result = []
     for inst in found:
         if inst.epr is None:

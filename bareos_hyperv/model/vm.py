@@ -44,7 +44,7 @@ class DriveKind(enum.Enum):
 
     VIRTUAL_DISK = "vhd"  # a VHD/VHDX/AVHDX file: backed up
     SHARED_DISK = "vhds"  # a VHD Set: not backed up yet
-    PASS_THROUGH = "passthrough"  # a host disk: never in a checkpoint, never backed up
+    PASS_THROUGH = "passthrough"  # noqa: S105  (a disk kind, not a password) never in a checkpoint
     DVD = "dvd"  # an ISO or an empty drive: recorded, not backed up
     FLOPPY = "floppy"
 

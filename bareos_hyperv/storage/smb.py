@@ -177,7 +177,9 @@ class _FastTcp(Tcp):  # type: ignore[misc]  # smbprotocol is untyped
     memoryview (smbprotocol's structures unpack from memoryviews), and sends use ``sendall``.
     """
 
-    def send(self, header: bytes) -> None:
+    def send(self, header: Any) -> None:
+        if not isinstance(header, (bytes, bytearray, memoryview)):
+            header = header.pack()  # an encrypted message arrives as its transform-header structure
         if len(header) > self.MAX_SIZE:
             raise ValueError(f"Data to be sent over Direct TCP size {len(header)} exceeds the max length")
         prefix = struct.pack(">L", len(header))
@@ -611,6 +613,12 @@ class SmbStorage:
                 what_to_do="check the user name, domain and password in the credentials file",
             )
         ctx["error"] = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (SMBException, OSError)):
+            return StorageError(
+                f"unexpected failure during SMB {op}",
+                context=ctx,
+                what_to_do="report this as a bug with the job log",
+            )
         return StorageConnectionError(
             "the SMB connection failed",
             context=ctx,
@@ -884,7 +892,7 @@ class SmbReader:
         self._mtime: float = self._handle.last_write_time.timestamp()
 
     def __repr__(self) -> str:
-        return f"SmbReader({self.location}, size={self._size}, pos={self._pos})"
+        return f"SmbReader({self.location}, size={getattr(self, '_size', None)}, pos={self._pos})"
 
     def _open(self) -> Any:
         h = self._st._create(

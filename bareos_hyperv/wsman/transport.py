@@ -338,10 +338,8 @@ class WsmanTransport:
             if isinstance(inner, ConnectionRefusedError):
                 return "connection refused"
             args = getattr(inner, "args", ())
-            if args and isinstance(args[0], BaseException):
-                inner = args[0]
-            else:
-                inner = inner.__cause__ or inner.__context__
+            # urllib3 wraps the cause in args[0]; requests chains it as __cause__/__context__.
+            inner = args[0] if args and isinstance(args[0], BaseException) else inner.__cause__ or inner.__context__
             if inner is not None and str(inner):
                 text = str(inner)
         return self.redact(text)[:300]

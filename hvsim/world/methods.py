@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
@@ -60,6 +61,7 @@ from hvsim.world.state import (
 )
 
 ASYNC = 4096
+_SWITCH_NAME = re.compile(r'[.,]Name="([^"]*)"')
 # Msvm family
 M_FAILED, M_NOT_SUPPORTED, M_INVALID_PARAMETER, M_INVALID_STATE, M_FILE = 32768, 32770, 32773, 32775, 32779
 M_CHAIN_CYCLE = 32787
@@ -656,7 +658,8 @@ def validate_planned(c: Call, vm: Vm) -> list[dict[str, Any]]:
                                                      message_id="40002", arguments=[vm.name, path]))
         elif s.subtype == SUB_CONNECTION and int(s.props.get("EnabledState") or 2) != 3:
             hr = s.host_resource
-            sid = hr[0].split('Name="', 1)[1].split('"', 1)[0] if hr and 'Name="' in hr[0] else ""
+            m = _SWITCH_NAME.search(hr[0]) if hr else None
+            sid = m.group(1) if m else ""
             if not hr or n.switch_by_id(sid) is None:
                 sw = s.props.get("LastKnownSwitchName") or sid
                 errors.append(error_instance(
@@ -683,6 +686,8 @@ def validate_planned(c: Call, vm: Vm) -> list[dict[str, Any]]:
 
 
 def _file_exists(w: Any, host: str, path: str) -> bool:
+    if not w.visible(host, path):
+        return False
     try:
         return bool(w.local(host, path).exists())
     except ValueError:

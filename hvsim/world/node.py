@@ -168,6 +168,18 @@ class NodeRepository:
             out.insert(1, NS_CLUSTER)
         return out
 
+    @property
+    def product_version(self) -> str:
+        """What WinRM's Identify reports as ProductVersion on this node."""
+        return f"OS: {self.node.os_version} SP: 0.0 Stack: 3.0"
+
+    def class_names(self, namespace: str) -> list[str]:
+        """Every class of a namespace this node serves (for association queries without AssocClass)."""
+        ns = norm_ns(namespace)
+        if ns not in self.namespaces():
+            return []
+        return [c.name for c in schema.SCHEMAS.get(ns.lower(), {}).values()]
+
     def class_def(self, namespace: str, class_name: str) -> ClassDef | None:
         """Schema of a class in a namespace this node serves."""
         ns = norm_ns(namespace)

@@ -476,6 +476,12 @@ class World:
         """Local file for a host path on a node (ValueError for UNC / relative paths)."""
         return self.fs.node(node).local(host_path)
 
+    def visible(self, node: str, host_path: str) -> bool:
+        """Whether a host path can exist on a node (CSVs exist only on cluster nodes)."""
+        n = self.nodes.get(node.upper())
+        root = (self.cluster.shared_volumes_root if self.cluster else "C:\\ClusterStorage").lower() + "\\"
+        return not (n is not None and not n.cluster and host_path.lower().startswith(root))
+
     def key(self, node: str, host_path: str) -> Path:
         """Canonical identity of a file (CSV paths are the same file on every node)."""
         return Path(os.path.realpath(self.local(node, host_path)))
@@ -501,6 +507,8 @@ class World:
 
     def disk_exists(self, node: str, host_path: str) -> bool:
         """Whether a disk file exists at a host path."""
+        if not self.visible(node, host_path):
+            return False
         try:
             local = self.local(node, host_path)
         except ValueError:
@@ -511,6 +519,8 @@ class World:
 
     def disk_info(self, node: str, host_path: str) -> disks.DiskInfo | None:
         """Headers of a disk file (None when absent; ValueError when not a VHD/VHDX)."""
+        if not self.visible(node, host_path):
+            return None
         try:
             local = self.local(node, host_path)
         except ValueError:

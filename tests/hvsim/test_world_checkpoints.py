@@ -11,8 +11,19 @@ import pytest
 from hvsim import disks
 from hvsim.cim import NS_VIRT, CimInstance, CimRef
 from hvsim.world import NodeRepository, World
-from hvsim.world.testing import (Clock, associated, call, devices, embedded, job_results, make_world, ok, service,
-                                 settings_of, vm_inst)
+from hvsim.world.testing import (
+    Clock,
+    associated,
+    call,
+    devices,
+    embedded,
+    job_results,
+    make_world,
+    ok,
+    service,
+    settings_of,
+    vm_inst,
+)
 
 SNAP = "Msvm_VirtualSystemSnapshotService"
 IMS = "Msvm_ImageManagementService"
@@ -54,7 +65,7 @@ def test_recovery_checkpoint_creates_avhdx_children(world: World, clock: Clock) 
     repo = NodeRepository(world, "HV01")
     vm = vm_inst(repo, "web01")
     before = _disk_paths(repo, settings_of(repo, vm))
-    job, snap = _snapshot(repo, clock, "web01")
+    _job, snap = _snapshot(repo, clock, "web01")
     assert snap.get("VirtualSystemType") == "Microsoft:Hyper-V:Snapshot:Recovery"
     assert snap.get("VirtualSystemIdentifier") == vm.get("Name")
     assert "Backup" in snap.get("ElementName")
@@ -131,7 +142,8 @@ def test_reference_points_and_changed_ranges(world: World, clock: Clock) -> None
     assert r1.get("ReferencePointType") == 2 and r1.get("ConsistencyLevel") == 1
     assert r1.get("VirtualSystemIdentifier") == vm.get("Name")
     rct1 = r1.get("ResilientChangeTrackingIdentifiers")
-    sasd_ids = [s.get("InstanceID") for s in devices(repo, settings_of(repo, vm), "Msvm_StorageAllocationSettingData")]
+    sasd_ids = [s.get("InstanceID") for s in devices(repo, settings_of(repo, vm),
+                                                     "Msvm_StorageAllocationSettingData")]
     assert r1.get("VirtualDiskIdentifiers") == sasd_ids and len(rct1) == 2 and all(rct1)
     assert [r.get("InstanceID") for r in associated(repo, vm.path, "Msvm_ReferencePointOfVirtualSystem")] == [  # type: ignore[arg-type]
         r1.get("InstanceID")]
@@ -143,8 +155,10 @@ def test_reference_points_and_changed_ranges(world: World, clock: Clock) -> None
     frozen = _disk_paths(repo, s2)
     size = 16 * MiB
 
-    def changes(path: str, limit: str, offset: int = 0, length: int = size) -> tuple[int, list[int], list[int]]:
-        out = repo.invoke(ims, "GetVirtualDiskChanges", {"Path": path, "LimitId": limit, "TargetSnapshotId": None,
+    def changes(path: str, limit: str, offset: int = 0, length: int = size) -> tuple[int, list[int],
+                                                                                     list[int]]:
+        out = repo.invoke(ims, "GetVirtualDiskChanges", {"Path": path, "LimitId": limit,
+                                                         "TargetSnapshotId": None,
                                                          "ByteOffset": offset, "ByteLength": length})
         assert out.return_value == 0, out.return_value
         return out.out["ProcessedByteLength"], out.out["ChangedByteOffsets"], out.out["ChangedByteLengths"]
@@ -160,9 +174,11 @@ def test_reference_points_and_changed_ranges(world: World, clock: Clock) -> None
     assert changes(frozen[1], rct1[1], 0, 4 * MiB) == (4 * MiB, [], [])
     world.rct_max_bytes_per_call = 1 << 40
     assert repo.invoke(ims, "GetVirtualDiskChanges", {"Path": frozen[0], "LimitId": "rctX:bogus",
-                                                      "ByteOffset": 0, "ByteLength": size}).return_value == 32773
+                                                      "ByteOffset": 0,
+                                                          "ByteLength": size}).return_value == 32773
     assert repo.invoke(ims, "GetVirtualDiskChanges", {"Path": frozen[0], "LimitId": rct1[0],
-                                                      "ByteOffset": 0, "ByteLength": size + 1}).return_value == 32773
+                                                      "ByteOffset": 0,
+                                                          "ByteLength": size + 1}).return_value == 32773
 
     out = ok(repo, clock, service(repo, SNAP), "ConvertToReferencePoint", AffectedSnapshot=s2.path)
     (r2,) = job_results(repo, out, "Msvm_VirtualSystemReferencePoint")
@@ -174,11 +190,13 @@ def test_reference_points_and_changed_ranges(world: World, clock: Clock) -> None
     ok(repo, clock, service(repo, RPS), "DestroyReferencePoint", AffectedReferencePoint=r1.path)
     assert [r.id for r in world.reference_points("web01")] == [str(r2.get("InstanceID")).split(":")[1]]
     assert repo.invoke(ims, "GetVirtualDiskChanges", {"Path": disks_before[0], "LimitId": rct1[0],
-                                                      "ByteOffset": 0, "ByteLength": size}).return_value == 32773
+                                                      "ByteOffset": 0,
+                                                          "ByteLength": size}).return_value == 32773
     # losing the .rct side files invalidates every id
     world.lose_change_tracking("web01")
     assert repo.invoke(ims, "GetVirtualDiskChanges", {"Path": disks_before[0], "LimitId": rct2[0],
-                                                      "ByteOffset": 0, "ByteLength": size}).return_value == 32773
+                                                      "ByteOffset": 0,
+                                                          "ByteLength": size}).return_value == 32773
 
 
 def test_only_recovery_checkpoints_become_reference_points(world: World, clock: Clock) -> None:
@@ -201,7 +219,7 @@ def test_application_consistency_needs_guest_vss(world: World, clock: Clock) -> 
     assert "application-consistent" in job.get("ErrorDescription")
     assert world.snapshots("web01") == []
     assert not any(p.name.endswith(".avhdx") for p in world.fs.csv_root.rglob("*"))
-    job, snap = _snapshot(repo, clock, "web01", level=2)
+    job, _snap = _snapshot(repo, clock, "web01", level=2)
     assert job.get("JobState") == 7 and world.snapshots("web01")[0].consistency == 2
     # an Off VM is consistent without the guest
     hv02 = NodeRepository(world, "HV02")

@@ -1,4 +1,4 @@
-"""hvsim.world VSMS: config-only export, import to a planned VM, fix-ups, validate, realize, define/destroy."""
+"""hvsim.world VSMS: config-only export, import to a planned VM, fix-ups, validate, realize, define."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ import pytest
 from hvsim.cim import NS_VIRT, CimError, CimInstance
 from hvsim.world import NodeRepository, World
 from hvsim.world.state import DiskSpec
-from hvsim.world.testing import (Clock, associated, call, devices, embedded, job_results, make_world, ok, service,
-                                 settings_of, vm_inst)
+from hvsim.world.testing import (
+    Clock,
+    call,
+    devices,
+    embedded,
+    job_results,
+    make_world,
+    ok,
+    service,
+    settings_of,
+    vm_inst,
+)
 
 VSMS = "Msvm_VirtualSystemManagementService"
 SNAP = "Msvm_VirtualSystemSnapshotService"
@@ -178,23 +188,27 @@ def test_define_add_remove_destroy(world: World, clock: Clock) -> None:
     st = NodeRepository(world, "HVSTANDALONE01")
     vsms = service(st, VSMS)
     out = ok(st, clock, vsms, "DefineSystem", SystemSettings=embedded(
-        "Msvm_VirtualSystemSettingData", ElementName="fresh", VirtualSystemSubType="Microsoft:Hyper-V:SubType:2",
+        "Msvm_VirtualSystemSettingData", ElementName="fresh",
+            VirtualSystemSubType="Microsoft:Hyper-V:SubType:2",
         ConfigurationDataRoot="D:\\Hyper-V\\fresh", Notes=["restored by test"]), ResourceSettings=[])
     vm = st.get(out.out["ResultingSystem"])
     assert vm.get("ElementName") == "fresh" and vm.get("EnabledState") == 3
     vssd = settings_of(st, vm)
     assert vssd.get("Notes") == ["restored by test"] and vssd.get("Version") == "10.0"
-    (scsi,) = [r for r in devices(st, vssd, "Msvm_ResourceAllocationSettingData") if r.get("ResourceType") == 6]
+    (scsi,) = [r for r in devices(st, vssd,
+                                  "Msvm_ResourceAllocationSettingData") if r.get("ResourceType") == 6]
     assert scsi.path is not None
     drive = embedded("Msvm_ResourceAllocationSettingData", ResourceType=17,
                      ResourceSubType="Microsoft:Hyper-V:Synthetic Disk Drive", AddressOnParent="0",
                      Parent=scsi.path.wmi_path("HVSTANDALONE01"))
-    out = ok(st, clock, vsms, "AddResourceSettings", AffectedConfiguration=vssd.path, ResourceSettings=[drive])
+    out = ok(st, clock, vsms, "AddResourceSettings", AffectedConfiguration=vssd.path,
+             ResourceSettings=[drive])
     (drive_ref,) = out.out["ResultingResourceSettings"]
     world.create_disk("HVSTANDALONE01", "D:\\Hyper-V\\fresh\\fresh.vhdx", "vhdx", "dynamic", 8 << 20)
     disk = embedded("Msvm_StorageAllocationSettingData", ResourceType=31,
                     ResourceSubType="Microsoft:Hyper-V:Virtual Hard Disk",
-                    HostResource=["D:\\Hyper-V\\fresh\\fresh.vhdx"], Parent=drive_ref.wmi_path("HVSTANDALONE01"))
+                    HostResource=["D:\\Hyper-V\\fresh\\fresh.vhdx"],
+                        Parent=drive_ref.wmi_path("HVSTANDALONE01"))
     out = ok(st, clock, vsms, "AddResourceSettings", AffectedConfiguration=vssd.path, ResourceSettings=[disk])
     (sasd_ref,) = out.out["ResultingResourceSettings"]
     assert str(sasd_ref.key("InstanceID")).endswith("\\0\\0\\L")
@@ -206,10 +220,12 @@ def test_define_add_remove_destroy(world: World, clock: Clock) -> None:
     world.set_state("fresh", "running")
     assert st.invoke(vsms, "DestroySystem", {"AffectedSystem": vm.path}).return_value == 32775
     world.set_state("fresh", "off")
+    live_vmcx = world.local("HVSTANDALONE01", f"D:\\Hyper-V\\fresh\\Virtual Machines\\{vm.get('Name')}.vmcx")
+    assert live_vmcx.is_file()
     ok(st, clock, vsms, "DestroySystem", AffectedSystem=vm.path)
+    assert not live_vmcx.exists()
     assert not any(v.name == "fresh" for v in world.vms.values())
-    assert world.local("HVSTANDALONE01", "D:\\Hyper-V\\fresh\\fresh.vhdx").exists()
-    assert associated(st, out.out["Job"], "Msvm_AffectedJobElement") == [] or True
+    assert world.disk_exists("HVSTANDALONE01", "D:\\Hyper-V\\fresh\\fresh.vhdx")
 
 
 def test_modify_resource_settings_needs_instance_id(world: World, clock: Clock) -> None:

@@ -35,7 +35,7 @@ EXPECTED = {
         "Shell provider",
         "invalid selectors",
     ),
-    "pypsrp-extracted-test_psrp_is_alive_other_wsman_error-msg3-fault-a_InvalidMessageInformationHeader.xml": (  # noqa: E501
+    "pypsrp-extracted-test_psrp_is_alive_other_wsman_error-msg3-fault-a_InvalidMessageInformationHeader.xml": (
         InvalidHeaderFault,
         "s:Sender",
         "a:InvalidMessageInformationHeader",
