@@ -926,7 +926,7 @@ class FdSim:
               "file_index": int(attrs["file_index"]), "linkFI": 0, "uid": attrs["statp"]["st_uid"],
               "statp": attrs["statp"], "attrEX": "", "ofname": ofname, "olname": olname,
               "where": job.where or "", "regexwhere": None, "replace": replace,
-              "create_status": bfd.CF_ERROR}
+              "create_status": bfd.CF_ERROR, "filedes": -1}
         res = job.py(f"create_file({ofname!r})", ("create_file", rp), "create_file")
         status = int(res.get("create_status", bfd.CF_ERROR))
         if int(res["rc"]) != bfd.bRC_OK:

@@ -77,6 +77,9 @@ class SubInterpreter:
         self.failure: BaseException | None = None
         self.cancel_lock = threading.Lock()
         self._closed = False
+        # Decided by close(): destroy only when no plugin thread is left in the interpreter.
+        self._may_destroy = False
+        self._decided = threading.Event()
         # PY3MODDIR is appended by the fd's loadPlugin; the plugin dir goes first at load time.
         script = (
             "import sys\n"
@@ -97,6 +100,11 @@ class SubInterpreter:
         finally:
             for fd in self._guest_fds:
                 os.close(fd)
+        # Destroy on the OS thread that ran the interpreter: on 3.11, destroying from another
+        # thread after the guest started threads of its own hangs in Py_EndInterpreter.
+        self._decided.wait()
+        if self._may_destroy:
+            self._mod.destroy(self.iid)
 
     # -- requests ------------------------------------------------------------------------------
     def _exchange(self, wfd: int, rfd: int, msg: Tuple[Any, ...], core: CoreHandler) -> Dict[str, Any]:
@@ -142,11 +150,11 @@ class SubInterpreter:
         try:
             result = self.request(("stop",), core)
             leftover = list(result.get("threads", []))
+            self._may_destroy = not leftover
         except GuestDied:
-            pass
+            leftover = ["<guest died: interpreter state unknown, not destroyed>"]
+        self._decided.set()
         self._thread.join()
         for fd in self._host_fds:
             os.close(fd)
-        if not leftover:
-            self._mod.destroy(self.iid)
         return leftover

@@ -26,6 +26,11 @@ Behaviour worth knowing when you test a reader against these files:
   record ParentUniqueId, ParentTimeStamp, the parent's file name as
   ParentUnicodeName and W2ku (absolute) / W2ru (relative) locators.
 * VHD stores no sector sizes: ``disk_info`` reports 512/512 for VHD.
+* GUIDs - VHDX ones and the VHD footer UniqueId alike - are stored as Windows GUID
+  structs (first three fields little-endian), as in Windows-made files: read that way
+  the fixtures' ids are version-4 GUIDs.  ``virtual_disk_id`` is printed from that form.
+* Fill content is AES-128-CTR keystream from ``cryptography`` (an install requirement);
+  without it shake-128 is used, which gives other (still deterministic) bytes.
 * Parents are found from the child's ``relative_path`` (W2ru for VHD) relative
   to the child's folder, falling back to the file name next to the child;
   ``parent=`` overrides the first level.  The linkage is verified on every read.
@@ -39,10 +44,9 @@ import hashlib
 import os
 import random
 import struct
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import BinaryIO, Callable, Union
 
 from hvsim import vhd as _vhd
 from hvsim import vhdx as _vhdx
@@ -590,15 +594,9 @@ def corrupt_disk(path: Path, how: str) -> None:
             raise ValueError(f"corruption {how!r} applies to VHDX files only")
 
 
-def _flip(f: object, at: int) -> None:
-    import io
-    assert isinstance(f, io.BufferedRandom)
+def _flip(f: BinaryIO, at: int) -> None:
     f.seek(at)
     b = f.read(1)
     f.seek(at)
     f.write(bytes([b[0] ^ 0x5A]))
 
-
-def new_guid() -> str:
-    """A fresh GUID in the form DiskInfo uses (upper case, no braces)."""
-    return str(uuid.uuid4()).upper()

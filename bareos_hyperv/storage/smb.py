@@ -129,7 +129,6 @@ _STATUS_NAMES: Dict[int, str] = {
 }
 _STATUS_NOT_A_DIRECTORY = 0xC0000103
 _STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
-_STATUS_DIRECTORY_NOT_EMPTY = 0xC0000101
 _STATUS_DISK_FULL = 0xC000007F
 _STATUS_BAD_NETWORK_NAME = 0xC00000CC
 _STATUS_ACCESS_DENIED = 0xC0000022
@@ -174,7 +173,8 @@ class _FastTcp(Tcp):  # type: ignore[misc]  # smbprotocol is untyped
     The stock receive path allocates a piece per ``recv`` and copies the pieces into a buffer and
     that buffer into ``bytes``; sending slices the remaining bytes after each partial send.  Here a
     message is received with ``recv_into`` straight into a fresh buffer and handed on as a
-    memoryview (smbprotocol's structures unpack from memoryviews), and sends use ``sendall``.
+    memoryview (smbprotocol's structures unpack from memoryviews); a message goes out in one
+    gathering ``sendmsg`` instead of a packed copy.
     """
 
     def send(self, header: Any) -> None:
@@ -260,7 +260,7 @@ class _FastConnection(Connection):  # type: ignore[misc]  # smbprotocol is untyp
         session = self.session_table.get(session_id, None)
         if session is None:
             raise SMBException(f"Failed to find session {session_id} for message verification")
-        expected = signature(
+        expected = message_signature(
             self,
             header,
             session.signing_key,
@@ -287,10 +287,11 @@ class _FastConnection(Connection):  # type: ignore[misc]  # smbprotocol is untyp
         d.authenticate_additional_data(aad)
         out = d.update(message["data"].get_value())
         d.finalize()  # raises InvalidTag if the message was altered
-        return out
+        # A view: smbprotocol slices the plaintext per message, which would copy bytes.
+        return memoryview(out)
 
 
-def signature(connection: Any, header: Any, key: bytes, response: bool) -> bytes:
+def message_signature(connection: Any, header: Any, key: bytes, response: bool) -> bytes:
     """SMB2/3 message signature of an unpacked header ([MS-SMB2] 3.1.4.1), computed over the message
     in pieces (64-byte header with a zero signature, then the payload) rather than over a copy."""
     head = b"".join(f.pack() for k, f in header.fields.items() if k != "data")

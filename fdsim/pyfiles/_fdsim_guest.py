@@ -167,10 +167,15 @@ class Guest:
         handler = getattr(self, "op_" + op, None)
         if handler is None:
             return {"st": "exc", "tb": f"fdsim guest: unknown operation {op!r}\n"}
-        return handler(*msg[1:])  # type: ignore[no-any-return]
+        try:
+            return handler(*msg[1:])  # type: ignore[no-any-return]
+        except Exception:
+            # A fault of fdsim's own guest code: report it as a job error, keep serving.
+            return {"st": "exc", "tb": "fdsim guest internal error:\n" + traceback.format_exc()}
 
     def op_start_backup_file(self, values: Dict[str, Any]) -> Result:
         statp = values.pop("statp")
+        values["flags"] = bytearray(values["flags"])  # marshal carries it as bytes
         pkt = bareosfd.SavePacket._fdsim_make(**values)
         pkt.__dict__["statp"] = None if statp is None else _stat_from_dict(statp)
         result, _ = self.call("start_backup_file", pkt)

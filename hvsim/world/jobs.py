@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hvsim.cim import CimRef
-from hvsim.faults import FaultPlan, FaultRule
+from hvsim.faults import JOB_FAIL, JOB_HANG, FaultPlan, FaultRule
 
 # JobState values (hyperv-wmi.md 6.2)
 JOB_NEW = 2
@@ -121,8 +121,8 @@ class JobEngine:
             affected=list(affected or []),
             rollback=rollback,
         )
-        job.fail_rule = self.faults.fire("job_fail", method)
-        job.hang_rule = self.faults.fire("job_hang", method)
+        job.fail_rule = self.faults.fire(JOB_FAIL, method)
+        job.hang_rule = self.faults.fire(JOB_HANG, method)
         if failure is not None:
             job.work = _raiser(failure)
         self.jobs[job.instance_id] = job

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import PureWindowsPath
 from typing import Any, Callable, Mapping
 
-from hvsim.cim import NS_CLUSTER, NS_VIRT, CimError, CimInstance, CimRef, MethodOutcome
+from hvsim.cim import NS_VIRT, CimError, CimInstance, CimRef, MethodOutcome
 from hvsim.faults import MIGRATE_VM, RETURN_CODE
-from hvsim.world.jobs import JOB_COMPLETED, JobFailure, Work, error_instance
+from hvsim.world.jobs import JobFailure, Work, error_instance
 from hvsim.world.node import (
     NodeRepository,
-    cluster_ref,
     norm_ns,
     not_found,
     provider_fault,
@@ -290,9 +289,11 @@ def _job_methods(c: Call) -> MethodOutcome:
         return MethodOutcome(M_INVALID_PARAMETER)
     if job.finished:
         return MethodOutcome(M_INVALID_STATE)
+    if not c.world.jobs_engine.cancel(job):
+        return MethodOutcome(M_INVALID_STATE)
     if job.rollback is not None:
         job.rollback()
-    return MethodOutcome(0 if c.world.jobs_engine.cancel(job) else M_INVALID_STATE)
+    return MethodOutcome(0)
 
 
 HANDLERS[("msvm_storagejob", "requeststatechange")] = _job_methods
@@ -470,6 +471,16 @@ def _modify_resource_settings(c: Call) -> MethodOutcome:
     def rollback() -> None:
         for s, props in saved:
             s.props = props
+    for vm, _snap, _cfg, s, _inst in targets:
+        if vm.planned or s.subtype not in (SUB_VHD, SUB_ISO):
+            continue
+        exists = c.world.disk_exists if s.subtype == SUB_VHD else (
+            lambda node, path: _file_exists(c.world, node, path))
+        missing = [p for p in s.host_resource if not exists(vm.node, p)]
+        if missing:
+            rollback()
+            return c.failed_job(M_FAILED, f"'{vm.name}': the file '{missing[0]}' was not found.",
+                                source=setting_ref(vm.id, s).wmi_path(c.node))
     affected = [vm_ref(t[0]) for t in targets[:1]]
     return c.job(lambda: list(refs), "Modifying device settings", affected=affected, rollback=rollback,
                  out={"ResultingResourceSettings": refs})
@@ -1070,4 +1081,4 @@ def _csv_move(c: Call) -> MethodOutcome:
     return MethodOutcome(0)
 
 
-__all__ = ["HANDLERS", "JOB_COMPLETED", "NS_CLUSTER", "cluster_ref", "invoke", "parse_cimxml"]
+__all__ = ["HANDLERS", "invoke", "parse_cimxml"]

@@ -8,7 +8,6 @@ every call (the worlds are small), so they always reflect the present.
 
 from __future__ import annotations
 
-import datetime as _dt
 from typing import Any, Iterable, Mapping, Sequence
 
 from hvsim.cim import (
@@ -28,7 +27,6 @@ from hvsim.world.state import (
     VM_OFF,
     VM_PAUSED,
     VM_RUNNING,
-    VM_SAVED,
     VST_PLANNED,
     VST_REALIZED,
     Config,
@@ -329,6 +327,11 @@ class NodeRepository:
             "NumaSpanningEnabled": True, "EnhancedSessionModeEnabled": False,
         }, CimRef(NS_VIRT, "Msvm_VirtualSystemManagementServiceSettingData",
                   (("InstanceID", f"Microsoft:{host}"),))))
+        for cls, pool, values in _TEMPLATES:
+            iid = f"Microsoft:Definition\\{pool}\\Default"
+            out.append(_inst(NS_VIRT, cls, {**values, "InstanceID": iid, "PoolID": "",
+                                            "AutomaticAllocation": True, "AutomaticDeallocation": True},
+                             CimRef(NS_VIRT, cls, (("InstanceID", iid),))))
         for sw in n.switches:
             out.append(_inst(NS_VIRT, "Msvm_VirtualEthernetSwitch", {
                 "CreationClassName": "Msvm_VirtualEthernetSwitch", "Name": sw.id, "ElementName": sw.name,
@@ -354,7 +357,7 @@ class NodeRepository:
             "Caption": "Planned Virtual Machine" if vm.planned else "Virtual Machine",
             "Description": "Microsoft Planned Virtual Machine" if vm.planned else "Microsoft Virtual Machine",
             "EnabledState": VM_OFF if vm.planned else vm.state, "RequestedState": 12, "EnabledDefault": 2,
-            "HealthState": 5, "OperationalStatus": [2], "InstallDate": vm.created,
+            "HealthState": 5, "OperationalStatus": self._operational_status(vm), "InstallDate": vm.created,
             "OnTimeInMilliseconds": int((now - vm.state_since) * 1000) if running else 0,
             "ProcessID": vm.pid or None, "TimeOfLastConfigurationChange": vm.last_change,
             "TimeOfLastStateChange": vm.last_change, "NumberOfNumaNodes": 1, "ReplicationState": 0,
@@ -405,15 +408,27 @@ class NodeRepository:
                               ("SettingData", eref), host))
         return out
 
+    def _operational_status(self, vm: Vm) -> list[int]:
+        """[2 OK] plus the operation a running job is doing to the VM (hyperv-wmi.md 2.1)."""
+        for job in self.world.jobs_engine.on_node(self.node.name):
+            code = _BUSY_STATUS.get(job.method)
+            if code is None or job.finished:
+                continue
+            if any((a.key("Name") or "").lower() == vm.id.lower() for a in job.affected):
+                return [2, code]
+        return [2]
+
     def _render_config(self, vm: Vm, cfg: Config, cid: str, vtype: str,
                        snap: Snapshot | None) -> list[CimInstance]:
         host = self.node.name
         out: list[CimInstance] = []
         values = dict(cfg.vssd)
+        parent_id = snap.parent_id if snap is not None else (None if vm.planned else vm.current_snapshot)
         values.update({
             "InstanceID": f"Microsoft:{cid}", "VirtualSystemIdentifier": vm.id, "VirtualSystemType": vtype,
             "ConfigurationID": cid,
-            "Parent": vssd_ref(snap.parent_id).wmi_path(host) if snap and snap.parent_id else None,
+            # a checkpoint's parent checkpoint; for the live settings, the checkpoint "Now" hangs under
+            "Parent": vssd_ref(parent_id).wmi_path(host) if parent_id else None,
         })
         if snap is not None:
             values["Description"] = "Checkpoint settings for the virtual machine."
@@ -556,6 +571,37 @@ class NodeRepository:
         return out
 
 
+# Default settings ("templates") every host lists in the RASD classes, as
+# ``Microsoft:Definition\<pool GUID>\Default``; clients copy them for
+# AddResourceSettings and must not mistake them for a VM's devices.
+_TEMPLATES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("Msvm_ResourceAllocationSettingData", "118C3BE5-0D31-4804-85F0-5C6074ABEA8F",
+     {"ResourceType": 17, "ResourceSubType": "Microsoft:Hyper-V:Synthetic Disk Drive",
+      "ElementName": "Hard Drive", "Address": "0"}),
+    ("Msvm_ResourceAllocationSettingData", "D9F5C7F7-0F0B-4C7F-A3A2-1B4E0E2D8C11",
+     {"ResourceType": 16, "ResourceSubType": "Microsoft:Hyper-V:Synthetic DVD Drive", "ElementName": "DVD Drive"}),
+    ("Msvm_ResourceAllocationSettingData", "6B5A8A7C-1E77-4B5E-9B8F-6C8B1B2A7F21",
+     {"ResourceType": 6, "ResourceSubType": "Microsoft:Hyper-V:Synthetic SCSI Controller",
+      "ElementName": "SCSI Controller"}),
+    ("Msvm_StorageAllocationSettingData", "70BB60D2-A9D3-46AA-B654-3DE53004B4F8",
+     {"ResourceType": 31, "ResourceSubType": "Microsoft:Hyper-V:Virtual Hard Disk",
+      "ElementName": "Hard Disk Image", "HostResource": []}),
+    ("Msvm_StorageAllocationSettingData", "8F0E1B55-8E2B-4B3C-9E61-1B7F4C5E3D02",
+     {"ResourceType": 31, "ResourceSubType": "Microsoft:Hyper-V:Virtual CD/DVD Disk",
+      "ElementName": "ISO Disk Image", "HostResource": []}),
+    ("Msvm_SyntheticEthernetPortSettingData", "C1F1E2D3-4B5A-4C6D-8E7F-9A0B1C2D3E41",
+     {"ResourceType": 10, "ResourceSubType": "Microsoft:Hyper-V:Synthetic Ethernet Port",
+      "ElementName": "Network Adapter", "StaticMacAddress": False}),
+    ("Msvm_EthernetPortAllocationSettingData", "3A2B1C0D-9E8F-4A7B-8C6D-5E4F3A2B1C51",
+     {"ResourceType": 33, "ResourceSubType": "Microsoft:Hyper-V:Ethernet Connection",
+      "ElementName": "Dynamic Ethernet Switch Port", "EnabledState": 2, "HostResource": []}),
+)
+
+# OperationalStatus[1] while a job works on a VM.
+_BUSY_STATUS: dict[str, int] = {"CreateSnapshot": 32768, "DestroySnapshot": 32770,
+                                "ConvertToReferencePoint": 32772, "ExportSystemDefinition": 32773}
+
+
 def _job_status(job: Job) -> str:
     if job.state == JOB_COMPLETED:
         return "Job completed successfully"
@@ -579,11 +625,3 @@ def _keys_match(path: CimRef, ref: CimRef) -> bool:
 def _describe(ref: CimRef) -> str:
     keys = ",".join(f'{k}="{v}"' for k, v in ref.keys)
     return f"{ref.class_name}.{keys}"
-
-
-def utc(ts: float) -> _dt.datetime:
-    """Aware datetime from a POSIX timestamp."""
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
-
-
-__all__ = ["VM_SAVED", "NodeRepository"]

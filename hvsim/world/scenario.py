@@ -44,7 +44,7 @@ def default_world(root: Path, *, files: bool = True, faults: FaultPlan | None = 
              root=f"{c}\\Volume1\\web01", switches=["External-LAN"], cpus=4, memory_mb=4096, seed=1,
              disks_=[DiskSpec(f"{c}\\Volume1\\web01\\Virtual Hard Disks\\web01-system.vhdx", size=disk_size),
                      DiskSpec(f"{c}\\Volume{min(2, csvs)}\\web01\\Virtual Hard Disks\\web01-data.vhdx",
-                              size=disk_size, fill_ratio=0.1)])
+                              size=disk_size, fill_ratio=0.1, block_size=MiB)])
     second = NODES[1] if nodes > 1 else NODES[0]
     w.add_vm(second, "db01", generation=2, version="9.0", state="off", clustered=True,
              root=f"{c}\\Volume{min(2, csvs)}\\db01", switches=["External-LAN"], seed=2,

@@ -760,7 +760,6 @@ class World:
         target = self.node(to_node)
         if target.name not in self.cluster.nodes:
             raise ValueError(f"{target.name} is not a node of cluster {self.cluster.name}")
-        old = v.node
         v.node = target.name
         for cfg in [v.config, *(s.config for s in v.snapshots.values())]:
             for s in cfg.settings:
@@ -772,8 +771,27 @@ class World:
         group = self.cluster.group_for_vm(v.id)
         if group is not None:
             group.owner_node = target.name
-        _ = old
         return target.name
+
+    def files_in_use(self) -> set[Path]:
+        """Local files a Windows host would keep open for writing (hyperv-wmi.md 8.2).
+
+        The current leaf disk of every running or paused VM and every registered
+        VM's own ``.vmcx``; a file server layer can refuse to open these.
+        """
+        with self.lock:
+            out: set[Path] = set()
+            for v in self.vms.values():
+                if v.planned:
+                    continue
+                try:
+                    out.add(self.key(v.node, v.live_config_file()))
+                    if v.state in (VM_RUNNING, VM_PAUSED):
+                        out.update(self.key(v.node, s.host_resource[0]) for s in v.config.vhds()
+                                   if s.host_resource)
+                except ValueError:
+                    continue
+            return out
 
     # ------------------------------------------------------------- inspection
     def snapshots(self, vm: str) -> list[Snapshot]:
@@ -1109,8 +1127,7 @@ def attach_passthrough(cfg: Config, host: str, *, controller: str = "scsi", disk
 
 
 def switch_ref(host: str, sw: Switch) -> CimRef:
-    """Reference to a switch."""
-    _ = host
+    """Reference to a switch (``host`` is where the path will be rendered; EPRs carry no host)."""
     return CimRef(NS_VIRT, "Msvm_VirtualEthernetSwitch",
                   (("CreationClassName", "Msvm_VirtualEthernetSwitch"), ("Name", sw.id)))
 

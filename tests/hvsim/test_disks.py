@@ -507,6 +507,9 @@ def test_reader_agrees_with_qemu_on_windows_files(tmp_path: Path, name: str, kin
     fmt = "vhdx" if ".vhdx" in name else "vhd"
     info = disks.disk_info(path)
     assert (info.fmt, info.kind, info.block_size) == (fmt, kind, bs)
+    # Windows stores these ids as GUID structs (first three fields little-endian): read that
+    # way they are random version-4 GUIDs, read big-endian they are not.
+    assert uuid.UUID(info.virtual_disk_id).version == 4
     raw = tmp_path / "fixture.raw"
     qemu("convert", "-f", QEMU_FMT[fmt], "-O", "raw", str(path), str(raw))
     assert raw.stat().st_size == info.virtual_size

@@ -73,6 +73,9 @@ def test_recovery_checkpoint_creates_avhdx_children(world: World, clock: Clock) 
         snap.get("InstanceID")]
     (current,) = associated(repo, vm.path, "Msvm_MostCurrentSnapshotInBranch")  # type: ignore[arg-type]
     assert current.get("InstanceID") == snap.get("InstanceID")
+    assert snap.path is not None
+    assert settings_of(repo, vm).get("Parent") == snap.path.wmi_path("HV01")
+    assert snap.get("Parent") is None
     # snapshot SASDs keep the frozen parents; the live VM now writes to .avhdx children next to them
     assert _disk_paths(repo, snap) == before
     live = _disk_paths(repo, settings_of(repo, vm))

@@ -253,3 +253,17 @@ def test_schema_hierarchy_and_method_signatures() -> None:
                 "Msvm_VirtualHardDiskSettingData"):
         assert schema.class_def(NS_VIRT, cls) is not None, cls
     assert schema.class_def(NS_VIRT, "Msvm_SettingsDefineState").is_association  # type: ignore[union-attr]
+
+
+def test_default_setting_templates_are_listed_but_belong_to_no_vm(world: World) -> None:
+    repo = NodeRepository(world, "HV01")
+    sasds = list(repo.instances(NS_VIRT, "Msvm_StorageAllocationSettingData"))
+    templates = [s for s in sasds if str(s.get("InstanceID")).endswith("\\Default")]
+    assert {t.get("ResourceSubType") for t in templates} == {"Microsoft:Hyper-V:Virtual Hard Disk",
+                                                              "Microsoft:Hyper-V:Virtual CD/DVD Disk"}
+    assert all(str(t.get("InstanceID")).startswith("Microsoft:Definition\\") for t in templates)
+    for t in templates:
+        assert t.path is not None
+        assert associated(repo, t.path, "Msvm_VirtualSystemSettingDataComponent") == []
+        assert repo.get(t.path).get("ResourceType") == 31
+    assert len(sasds) - len(templates) == 2  # web01's two disks

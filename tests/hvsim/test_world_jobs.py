@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,7 @@ def test_job_fail_rolls_back_and_reports_msvm_errors(world: World, clock: Clock,
     vssd = settings_of(repo, vm_inst(repo, "web01"))
     (sasd, _) = devices(repo, vssd, "Msvm_StorageAllocationSettingData")
     old = sasd.get("HostResource")
+    world.create_disk("HV01", "C:\\ClusterStorage\\Volume1\\elsewhere.vhdx", "vhdx", "dynamic", 1 << 20)
     rule = faults.add(JOB_FAIL, "ModifyResourceSettings", error_code=32789,
                       error_description="Injected: the disk is in use")
     change = embedded("Msvm_StorageAllocationSettingData", InstanceID=sasd.get("InstanceID"),
@@ -208,3 +210,74 @@ def test_unknown_method_and_cluster_method_faults(world: World) -> None:
         repo.invoke(cl, "AddVirtualMachine", {"VirtualMachine": "nosuchvm"})
     assert err.value.subcode == "w:InternalError" and err.value.wmi_status is not None
     assert "nosuchvm" in err.value.reason
+
+
+def test_operational_status_shows_the_running_operation(world: World, clock: Clock, faults: FaultPlan) -> None:
+    repo = NodeRepository(world, "HV01")
+    vm = vm_inst(repo, "web01")
+    assert vm.get("OperationalStatus") == [2]
+    rule = faults.add(JOB_HANG, "CreateSnapshot")
+    out = repo.invoke(service(repo, SNAP), "CreateSnapshot", {"AffectedSystem": vm.path, "SnapshotType": 32768})
+    clock.tick(5)
+    assert repo.get(vm.path).get("OperationalStatus") == [2, 32768]  # type: ignore[arg-type]
+    faults.remove(rule)
+    assert wait_job(repo, clock, out).get("JobState") == 7
+    assert repo.get(vm.path).get("OperationalStatus") == [2]  # type: ignore[arg-type]
+
+
+def test_files_in_use(world: World) -> None:
+    leaf = world.key("HV01", world.vm("web01").config.vhds()[0].host_resource[0])
+    assert leaf in world.files_in_use()
+    world.set_state("web01", "off")
+    assert leaf not in world.files_in_use()
+    assert world.key("HV01", world.vm("web01").live_config_file()) in world.files_in_use()
+
+
+def test_concurrent_clients_see_consistent_state(world: World, clock: Clock) -> None:
+    errors: list[BaseException] = []
+    hv02 = NodeRepository(world, "HV02")
+    db = vm_inst(hv02, "db01")
+    assert db.path is not None
+
+    def reader() -> None:
+        try:
+            for _ in range(30):
+                for inst in hv02.instances(NS_VIRT, "CIM_ResourceAllocationSettingData"):
+                    assert str(inst.get("InstanceID")).startswith("Microsoft:")
+                hv02.get(db.path)  # type: ignore[arg-type]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def flipper() -> None:
+        try:
+            for i in range(30):
+                out = hv02.invoke(db.path, "RequestStateChange",  # type: ignore[arg-type]
+                                  {"RequestedState": 2 if i % 2 == 0 else 3})
+                assert out.return_value in (4096, 32775)
+                clock.tick(1.5)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=flipper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    clock.tick(5)
+    assert hv02.get(db.path).get("EnabledState") in (2, 3)  # type: ignore[arg-type]
+    assert all(j.finished for j in world.jobs())
+
+
+def test_modify_realized_disk_to_a_missing_file_fails_and_rolls_back(world: World, clock: Clock) -> None:
+    repo = NodeRepository(world, "HV01")
+    vssd = settings_of(repo, vm_inst(repo, "web01"))
+    sasd = devices(repo, vssd, "Msvm_StorageAllocationSettingData")[0]
+    change = embedded("Msvm_StorageAllocationSettingData", InstanceID=sasd.get("InstanceID"),
+                      HostResource=["C:\\ClusterStorage\\Volume1\\missing.vhdx"])
+    _, job = call(repo, clock, service(repo, VSMS), "ModifyResourceSettings", ResourceSettings=[change])
+    assert job is not None and job.get("JobState") == 10
+    (err,) = repo.invoke(job.path, "GetErrorEx", {}).out["Errors"]  # type: ignore[arg-type]
+    assert sasd.path is not None
+    assert "missing.vhdx" in err.get("Message") and err.get("ErrorSource") == sasd.path.wmi_path("HV01")
+    assert repo.get(sasd.path).get("HostResource") == sasd.get("HostResource")  # type: ignore[arg-type]

@@ -29,11 +29,13 @@ __all__ = [
     "JOB_TIMEOUT",
     "connector",
     "follower",
+    "object_path",
     "one",
     "quick_sim",
     "service",
     "sim_vm",
     "vm_instance",
+    "vm_settings",
     "vssd_of",
 ]
 
@@ -97,3 +99,14 @@ def vssd_of(client: CimClient, vm: CimInstance) -> CimInstance:
 def sim_vm(sim: Simulation, name: str) -> Vm:
     """The simulator's record of a realized VM (to check effects, not to drive them)."""
     return sim.world.vm(name)
+
+
+def object_path(host: str, epr: EndpointReference) -> str:
+    r"""The WMI object path string Hyper-V uses in ``Parent``/``HostResource`` (``\\HOST\ns:Class.Key="v"``)."""
+    return f"\\\\{host}\\{epr.namespace.replace('/', chr(92))}:{epr.wql_path()}"
+
+
+def vm_settings(client: CimClient, vssd: CimInstance) -> list[CimInstance]:
+    """Every device setting of a VSSD, through Msvm_VirtualSystemSettingDataComponent."""
+    assert vssd.epr is not None
+    return client.associators(vssd.epr, assoc_class="Msvm_VirtualSystemSettingDataComponent")

@@ -17,10 +17,10 @@ from bareos_hyperv.storage.smb import SmbOptions, SmbStorage
 from hvsim.fs import ClusterFileSystem
 from hvsim.samba import SMBD, SambaCluster
 
-pytestmark = pytest.mark.samba
 
-if not (shutil.which("smbpasswd") and os.access(SMBD, os.X_OK)):
-    pytest.skip("Samba (smbd, smbpasswd) is not installed: apt-get install samba", allow_module_level=True)
+def _need_samba() -> None:
+    if not (shutil.which("smbpasswd") and os.access(SMBD, os.X_OK)):
+        pytest.skip("Samba (smbd, smbpasswd) is not installed: apt-get install samba")
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,7 @@ def cluster_fs(tmp_path_factory: pytest.TempPathFactory) -> ClusterFileSystem:
 
 @pytest.fixture(scope="session")
 def samba_cluster(cluster_fs: ClusterFileSystem) -> Iterator[SambaCluster]:
+    _need_samba()
     vms = cluster_fs.share_dir("HV01", "D") / "VMs"
     vms.mkdir(parents=True, exist_ok=True)
     cluster = SambaCluster(

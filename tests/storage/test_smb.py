@@ -7,10 +7,13 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from smbprotocol.connection import Connection, SigningAlgorithms
+from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderResponse
 
 from bareos_hyperv.errors import StorageError
 from bareos_hyperv.model.credentials import Credentials
@@ -22,9 +25,9 @@ from bareos_hyperv.storage.base import (
     StorageNotFound,
 )
 from bareos_hyperv.storage.locations import LocationResolver, SmbLocation, parse_share_map
-from bareos_hyperv.storage.smb import SmbOptions, SmbStorage
+from bareos_hyperv.storage.smb import SmbOptions, SmbStorage, message_signature
 from hvsim.fs import ClusterFileSystem
-from hvsim.samba import SambaCluster, SambaServer
+from hvsim.samba import SMBD, SambaCluster, SambaServer
 
 from .conftest import SmbFactory
 
@@ -67,6 +70,10 @@ def _loc(node_dir: Path, name: str = "", server: str = "HV01") -> SmbLocation:
     return SmbLocation(server, "C$", rel)
 
 
+if not os.access(SMBD, os.X_OK):
+    pytest.skip("Samba (smbd) is not installed: apt-get install samba", allow_module_level=True)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[SambaServer]:
     """A private smbd for tests that disturb the server (drops, restarts, stops)."""
@@ -79,6 +86,32 @@ def server(tmp_path: Path) -> Iterator[SambaServer]:
 def _storage(srv: SambaServer, **opts: object) -> SmbStorage:
     options = SmbOptions(retry_delay=0.01, **opts)  # type: ignore[arg-type]
     return SmbStorage(srv.user, srv.password, endpoints={"HV01": srv.address}, options=options)
+
+
+# -- signing without copies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dialect", "algorithm"),
+    [(0x0311, SigningAlgorithms.AES_GMAC), (0x0311, SigningAlgorithms.AES_CMAC), (0x0302, None), (0x0210, None)],
+)
+@pytest.mark.parametrize("command", [Commands.SMB2_READ, Commands.SMB2_CANCEL])
+def test_signature_matches_smbprotocol(dialect: int, algorithm: int | None, command: int) -> None:
+    conn = Connection(uuid.UUID(int=1), "127.0.0.1", 445)
+    conn.dialect = dialect
+    conn.signing_algorithm_id = algorithm
+    header = SMB2HeaderResponse()
+    header["command"] = command
+    header["message_id"] = 0x1234
+    header["flags"].set_flag(Smb2Flags.SMB2_FLAGS_SERVER_TO_REDIR)
+    header["flags"].set_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+    header["data"] = os.urandom(100_003)
+    key = bytes(range(16))
+    expected = conn._generate_signature(header.pack(), key, 0x1234, True, command)
+    assert message_signature(conn, header, key, True) == expected
+    data = header["data"].get_value()
+    header["data"] = data[:-1] + bytes([data[-1] ^ 1])  # one bit flipped
+    assert message_signature(conn, header, key, True) != expected
 
 
 # -- negotiation ------------------------------------------------------------------------------------

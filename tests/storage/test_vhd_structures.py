@@ -38,7 +38,6 @@ FIXTURES = Path("/work/shared/fixtures/vhd")
 GUID = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 # The same GUID in Windows mixed-endian (bytes_le) order and in RFC 4122 (big-endian) order, by hand.
 GUID_LE = bytes.fromhex("33221100 5544 7766 8899 aabbccddeeff".replace(" ", ""))
-GUID_BE = bytes.fromhex("00112233445566778899aabbccddeeff")
 
 
 def _head(name: str, length: int) -> bytes:
@@ -170,7 +169,7 @@ def test_vhd_footer_known_bytes_and_checksum() -> None:
     packed = footer.pack()
     assert len(packed) == 512
     assert packed[:64] == expected_head
-    assert packed[68:84] == GUID_BE
+    assert packed[68:84] == GUID_LE
     assert packed[84:] == bytes(512 - 84)
     # One's complement of the byte sum with the checksum field left out.
     assert int.from_bytes(packed[64:68], "big") == ~sum(packed[:64] + packed[68:]) & 0xFFFFFFFF
@@ -196,7 +195,7 @@ def test_vhd_dynamic_header_known_bytes() -> None:
     packed = dyn.pack()
     assert len(packed) == 1024
     assert packed[:36] == b"cxsparse" + b"\xff" * 8 + struct.pack(">QIII", 1536, 0x10000, 5, 2 << 20)
-    assert packed[40:56] == GUID_BE
+    assert packed[40:56] == GUID_LE
     assert packed[56:60] == b"\x01\x02\x03\x04"
     assert packed[64:80] == "base.vhd".encode("utf-16-be")
     assert packed[576:600] == b"W2ru" + struct.pack(">IIIQ", 512, 20, 0, 0x800)
@@ -252,3 +251,16 @@ def test_unpack_short_and_pack_overflow_raise_value_error() -> None:
     assert VhdxHeader.field_offset("log_guid") == 48
     with pytest.raises(KeyError):
         VhdxHeader.field_offset("nope")
+
+
+def test_vhd_unique_ids_of_windows_files_are_version_4_guids(tmp_path: Path) -> None:
+    """Windows writes VHD UniqueId as a GUID structure (mixed-endian), as Hyper-V's DiskIdentifier shows."""
+    from bareos_hyperv.storage.vhd import open_file
+
+    fixtures = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "vhd"
+    for name in ("dissect-fixed.vhd.gz", "dissect-dynamic.vhd.gz"):
+        out = tmp_path / name[:-3]
+        out.write_bytes(gzip.decompress((fixtures / name).read_bytes()))
+        disk = open_file(str(out))
+        assert disk.layout.virtual_disk_id is not None
+        assert disk.layout.virtual_disk_id.version == 4, name

@@ -178,16 +178,21 @@ class _Bytes(_Codec[bytes]):
 
 
 class _Guid(_Codec[uuid.UUID]):
-    """GUID: Windows mixed-endian in little-endian structures, RFC 4122 byte order otherwise."""
+    """GUID in Windows mixed-endian order (``GUID`` structure), whatever the structure's byte order.
+
+    VHD integers are big-endian, but Windows writes the footer ``UniqueId`` and the
+    dynamic header ``ParentUniqueId`` as GUID structures: read that way, Windows-made
+    fixtures give valid version-4 GUIDs that match Hyper-V's ``DiskIdentifier``.
+    """
 
     def __init__(self) -> None:
         super().__init__(16)
 
     def decode(self, raw: bytes, byteorder: str) -> uuid.UUID:
-        return uuid.UUID(bytes_le=bytes(raw)) if byteorder == "little" else uuid.UUID(bytes=bytes(raw))
+        return uuid.UUID(bytes_le=bytes(raw))
 
     def encode(self, value: uuid.UUID, byteorder: str) -> bytes:
-        return value.bytes_le if byteorder == "little" else value.bytes
+        return value.bytes_le
 
 
 class _Utf16(_Codec[str]):

@@ -1,0 +1,205 @@
+"""The agent's protocol loop: answer the fd's requests for one job, then exit.
+
+The loop is strictly request/response on the main thread; transfer threads never touch the
+socket.  Every failure of a request becomes one :class:`~bareos_hyperv.protocol.messages.ErrorReply`
+built from the :mod:`bareos_hyperv.errors` class of the cause, which the fd turns into the job's
+fatal error.  When the socket closes (the fd went away) or SIGTERM arrives (cancel), the session
+is closed (partial restores removed) and the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from types import FrameType
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+from bareos_hyperv import __version__
+from bareos_hyperv.agent.session import Outbox, OutboxHandler, Redactor, Session, peak_rss_kib
+from bareos_hyperv.errors import BareosHyperVError, ProtocolError
+from bareos_hyperv.protocol.framing import Channel, ChannelClosed
+from bareos_hyperv.protocol.messages import (
+    PROTOCOL_VERSION,
+    CloseFile,
+    CreateFile,
+    EndJob,
+    ErrorReply,
+    FileEntry,
+    FileList,
+    Hello,
+    HelloReply,
+    JobDone,
+    JobStarted,
+    ListFiles,
+    LogLevel,
+    Message,
+    OpenFile,
+    PipeReady,
+    StartJob,
+    error_from_exception,
+)
+
+__all__ = ["EXIT_FD_GONE", "EXIT_OK", "EXIT_PROTOCOL", "EXIT_TERMINATED", "AgentServer", "Terminated"]
+
+log = logging.getLogger("bareos_hyperv.agent")
+
+EXIT_OK = 0
+EXIT_FD_GONE = 3
+EXIT_PROTOCOL = 4
+EXIT_TERMINATED = 143  # as a shell reports death by SIGTERM
+
+Reply = Tuple[Message, List[int]]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop the job and clean up (BaseException: no handler may swallow it)."""
+
+
+class AgentServer:
+    """Serve one job on ``channel``."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.redact = Redactor()
+        self.outbox = Outbox(self.redact)
+        self.handler = OutboxHandler(self.outbox)
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.session: Optional[Session] = None
+        self._handlers: Dict[Type[Message], Callable[[Message], Reply]] = {
+            StartJob: self._start_job,
+            ListFiles: self._list_files,
+            OpenFile: self._open_file,
+            CreateFile: self._create_file,
+            CloseFile: self._close_file,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        root = logging.getLogger()
+        root.addHandler(self.handler)
+        root.setLevel(logging.INFO)
+
+        def on_term(signum: int, frame: Optional[FrameType]) -> None:
+            raise Terminated
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    def serve(self) -> int:
+        """Run until EndJob, EOF or SIGTERM; returns the process exit status."""
+        self._install()
+        try:
+            if not self._handshake():
+                return EXIT_PROTOCOL
+            return self._loop()
+        except Terminated:
+            log.warning("agent stopped by SIGTERM (job canceled or fd shutting down)")
+            return EXIT_TERMINATED
+        except ChannelClosed:
+            return EXIT_FD_GONE
+        finally:
+            self._close_session()
+            self.channel.close()
+
+    def _close_session(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            try:
+                session.close()
+            except Exception as exc:  # cleanup must not mask how the job ended
+                log.warning("cleanup after the job failed: %s", exc)
+
+    def _handshake(self) -> bool:
+        hello = self.channel.recv()
+        if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
+            got = hello.version if isinstance(hello, Hello) else hello.TYPE
+            self.channel.send(ErrorReply(
+                kind=ProtocolError.kind,
+                message=f"the agent speaks protocol version {PROTOCOL_VERSION}, the fd plugin sent {got}",
+                what_to_do="install the same bareos-hyperv version for the fd plugin and for agent_python"))
+            return False
+        self.channel.send(HelloReply(version=PROTOCOL_VERSION, pid=os.getpid(), package_version=__version__,
+                                     python=sys.executable))
+        return True
+
+    def _loop(self) -> int:
+        while True:
+            msg = self.channel.recv()
+            if isinstance(msg, EndJob):
+                self._end_job()
+                return EXIT_OK
+            handler = self._handlers.get(type(msg))
+            fds: List[int] = []
+            try:
+                if handler is None:
+                    raise ProtocolError(f"the agent does not accept {msg.TYPE} messages")
+                reply, fds = handler(msg)
+            except BareosHyperVError as exc:
+                log.debug("%s failed: %s", msg.TYPE, traceback.format_exc())
+                reply = error_from_exception(exc)
+            except Exception as exc:
+                # Unexpected: the traceback goes to the fd's debug output, the summary to the job log.
+                self.outbox.log(LogLevel.DEBUG, traceback.format_exc())
+                reply = error_from_exception(exc)
+            self._send(reply, fds)
+
+    def _send(self, reply: Message, fds: Sequence[int] = ()) -> None:
+        try:
+            for queued in self.outbox.take():
+                self.channel.send(queued)
+            if isinstance(reply, ErrorReply):
+                reply = ErrorReply(kind=reply.kind, message=self.redact(reply.message),
+                                   what_to_do=reply.what_to_do,
+                                   context={k: self.redact(v) for k, v in reply.context.items()})
+            self.channel.send(reply, fds)
+        finally:
+            for fd in fds:  # the fd now holds its own copy of each pipe end
+                os.close(fd)
+
+    def _end_job(self) -> None:
+        done = self.session.job_done() if self.session is not None else None
+        self._close_session()
+        if done is None:
+            done = JobDone(files=0, bytes=0, peak_rss_kib=peak_rss_kib(), seconds=0.0)
+        self._send(done)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise ProtocolError("no job has been started (StartJob missing)")
+        return self.session
+
+    def _start_job(self, msg: Message) -> Reply:
+        assert isinstance(msg, StartJob)
+        if self.session is not None:
+            raise ProtocolError("the agent serves one job and it has already started")
+        if msg.options.get("agent_debug") == "yes":
+            logging.getLogger().setLevel(logging.DEBUG)
+            # smbprotocol logs every packet at INFO/DEBUG: far too much for a job log.
+            logging.getLogger("smbprotocol").setLevel(logging.WARNING)
+        self.session = Session(msg, self.outbox, self.redact)
+        log.debug("job %s started: %r", msg.jobid, msg)
+        return JobStarted(), []
+
+    def _list_files(self, msg: Message) -> Reply:
+        return FileList(files=self._session().list_files()), []
+
+    def _open_file(self, msg: Message) -> Reply:
+        assert isinstance(msg, OpenFile)
+        session = self._session()
+        rfd = session.open_file(msg.name)
+        return PipeReady(name=msg.name, size=session.entry(msg.name).size), [rfd]
+
+    def _create_file(self, msg: Message) -> Reply:
+        assert isinstance(msg, CreateFile)
+        entry = FileEntry(name=msg.name, size=msg.size, mtime=msg.mtime, mode=msg.mode)
+        wfd = self._session().create_file(entry, msg.target, msg.replace)
+        return PipeReady(name=msg.name, size=msg.size), [wfd]
+
+    def _close_file(self, msg: Message) -> Reply:
+        assert isinstance(msg, CloseFile)
+        return self._session().close_file(msg.name), []

@@ -1,0 +1,323 @@
+"""Per-job context of the agent: options, credentials, the source, open transfers, the log outbox.
+
+One :class:`Session` lives from ``StartJob`` to ``EndJob``.  It owns everything the job opened,
+and :meth:`Session.close` releases all of it on every path (normal end, error, cancel, the fd
+vanishing), removing partially restored files.
+
+Log records and progress produced by any thread go to the :class:`Outbox`; the protocol loop
+sends them in front of its next reply, because the fd reads the socket only when it asks
+something (while the core moves data, no plugin code runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Dict, List, Mapping, Optional
+
+from bareos_hyperv.agent.sources import Source, make_source
+from bareos_hyperv.agent.transfer import Drain, Pump, make_pipe
+from bareos_hyperv.errors import ConfigurationError, ProtocolError, StorageError
+from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.protocol.messages import (
+    FileDone,
+    FileEntry,
+    JobDone,
+    JobKind,
+    LogLevel,
+    LogRecord,
+    Message,
+    Progress,
+    StartJob,
+)
+from bareos_hyperv.storage.base import FileWriter, StorageExists
+from bareos_hyperv.storage.local import LocalStorage
+from bareos_hyperv.storage.locations import LocalLocation
+
+__all__ = ["MAX_OUTBOX", "Outbox", "OutboxHandler", "Redactor", "Session", "peak_rss_kib"]
+
+log = logging.getLogger(__name__)
+
+# Records kept while the fd is not listening; beyond this they are counted and dropped, so a
+# chatty failure cannot grow the agent's memory without bound.
+MAX_OUTBOX = 1000
+# Seconds to wait for a transfer thread at CloseFile before calling it stuck.
+JOIN_TIMEOUT = 120.0
+# Restored data is written under this suffix and renamed into place only when complete.
+PARTIAL_SUFFIX = ".bareos-hyperv-partial"
+
+
+def peak_rss_kib() -> int:
+    """The process's peak resident memory (VmHWM) in KiB, 0 where /proc is not available."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Redactor:
+    """Replaces known secrets by ``***`` in text that leaves the agent."""
+
+    def __init__(self) -> None:
+        self._secrets: List[str] = []
+
+    def add(self, secret: str) -> None:
+        """Remember a secret (ignored when too short to be recognised safely)."""
+        if len(secret) >= 4 and secret not in self._secrets:
+            self._secrets.append(secret)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class Outbox:
+    """Thread-safe queue of messages for the fd, bounded by :data:`MAX_OUTBOX`."""
+
+    def __init__(self, redact: Redactor) -> None:
+        self._lock = threading.Lock()
+        self._items: List[Message] = []
+        self._dropped = 0
+        self._redact = redact
+
+    def log(self, level: LogLevel, text: str) -> None:
+        """Queue a log line (secrets removed)."""
+        self.put(LogRecord(level=level, text=self._redact(text)))
+
+    def put(self, msg: Message) -> None:
+        """Queue a message, or count it as dropped when the queue is full."""
+        with self._lock:
+            if len(self._items) >= MAX_OUTBOX:
+                self._dropped += 1
+            else:
+                self._items.append(msg)
+
+    def take(self) -> List[Message]:
+        """Everything queued so far (and a warning about dropped records)."""
+        with self._lock:
+            items, self._items = self._items, []
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            items.append(LogRecord(level=LogLevel.WARNING,
+                                   text=f"{dropped} agent log records were dropped (too many at once)"))
+        return items
+
+
+_LEVELS = ((logging.ERROR, LogLevel.ERROR), (logging.WARNING, LogLevel.WARNING), (logging.INFO, LogLevel.INFO))
+
+
+class OutboxHandler(logging.Handler):
+    """Python logging -> :class:`Outbox` (DEBUG only when the job asked for agent debugging)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__(logging.DEBUG)
+        self.outbox = outbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the formatted record with its protocol level."""
+        level = next((lv for threshold, lv in _LEVELS if record.levelno >= threshold), LogLevel.DEBUG)
+        try:
+            text = self.format(record)
+        except Exception:  # never let logging break a transfer
+            text = str(record.msg)
+        self.outbox.log(level, text)
+
+
+@dataclass
+class _Restore:
+    entry: FileEntry
+    target: str
+    temp: str
+    replace: bool
+    writer: FileWriter
+    drain: Drain
+
+
+class Session:
+    """Everything one job holds in the agent."""
+
+    def __init__(self, start: StartJob, outbox: Outbox, redact: Redactor) -> None:
+        self.start = start
+        self.kind = start.kind
+        self.outbox = outbox
+        self.redact = redact
+        self._options: Dict[str, str] = dict(start.options)
+        self._credentials: Optional[Credentials] = None
+        if start.credentials is not None:
+            wire = start.credentials
+            self._credentials = Credentials(wire.username, wire.password, wire.domain)
+            redact.add(wire.password)
+        self.started = time.monotonic()
+        self.files_done = 0
+        self.bytes_done = 0
+        self.source: Optional[Source] = None
+        self._listed: Dict[str, FileEntry] = {}
+        self._pumps: Dict[str, Pump] = {}
+        self._restores: Dict[str, _Restore] = {}
+        self._local = LocalStorage()
+        if self.kind is JobKind.BACKUP:
+            self.source = make_source(start.source, self)
+        elif self._options.get("restore_local", "yes") != "yes":
+            raise ConfigurationError(
+                f"restore_local=no (restore to the original location) is not available for source={start.source}",
+                what_to_do="restore with restore_local=yes (files go below the restore job's where= directory)")
+
+    # -- SourceContext ---------------------------------------------------------------------------
+
+    @property
+    def options(self) -> Mapping[str, str]:
+        """The job's options."""
+        return self._options
+
+    def credentials(self) -> Credentials:
+        """Credentials sent with StartJob, else those of ``credentials_file``."""
+        if self._credentials is None:
+            path = self._options.get("credentials_file")
+            if not path:
+                raise ConfigurationError("this source needs credentials but none were given",
+                                         what_to_do="set credentials_file= to a file with username= and "
+                                                    "password= lines (mode 600)")
+            self._credentials = Credentials.from_file(path)
+            self.redact.add(self._credentials.password)
+        return self._credentials
+
+    def _progress(self, name: str, done: int) -> None:
+        self.outbox.put(Progress(name=name, bytes=done))
+
+    # -- backup ----------------------------------------------------------------------------------
+
+    def list_files(self) -> List[FileEntry]:
+        """The source's items (remembered for OpenFile)."""
+        if self.source is None:
+            raise ProtocolError("ListFiles is only valid in a backup job")
+        files = self.source.list_files()
+        self._listed = {f.name: f for f in files}
+        log.info("%d item(s), %d bytes to save from source %s", len(files), sum(f.size for f in files),
+                 self.start.source)
+        return files
+
+    def entry(self, name: str) -> FileEntry:
+        """A listed item by name."""
+        try:
+            return self._listed[name]
+        except KeyError:
+            raise ProtocolError(f"{name!r} is not an item ListFiles returned") from None
+
+    def open_file(self, name: str) -> int:
+        """Start streaming ``name``; returns the pipe's read end (the caller sends, then closes it)."""
+        entry = self._listed.get(name)
+        if self.source is None or entry is None:
+            raise ProtocolError(f"OpenFile for {name!r}, which ListFiles did not return")
+        if name in self._pumps:
+            raise ProtocolError(f"{name} is already open")
+        reader = self.source.open(entry)
+        rfd, wfd = make_pipe()
+        pump = Pump(name, reader, wfd, entry.size, self._progress)
+        self._pumps[name] = pump
+        pump.start()
+        return rfd
+
+    def _close_backup(self, name: str) -> FileDone:
+        pump = self._pumps.pop(name)
+        if not pump.join(JOIN_TIMEOUT):
+            pump.abort()
+            raise StorageError(f"streaming {name} did not finish {JOIN_TIMEOUT:.0f} s after the core "
+                               f"stopped reading ({pump.bytes} bytes so far)",
+                               what_to_do="check the connection to the source")
+        if pump.error is not None:
+            raise pump.error
+        self.files_done += 1
+        self.bytes_done += pump.bytes
+        return FileDone(name=name, bytes=pump.bytes, sha256=pump.sha256.hexdigest(), seconds=pump.seconds)
+
+    # -- restore ---------------------------------------------------------------------------------
+
+    def create_file(self, entry: FileEntry, target: str, replace: bool) -> int:
+        """Prepare restoring ``entry`` to ``target``; returns the pipe's write end for the core."""
+        if self.kind is not JobKind.RESTORE:
+            raise ProtocolError("CreateFile is only valid in a restore job")
+        path = PurePosixPath(target)
+        if not path.is_absolute():
+            raise ConfigurationError(f"restore target {target!r} is not an absolute path",
+                                     what_to_do="give the restore job an absolute where= directory")
+        if entry.name in self._restores:
+            raise ProtocolError(f"{entry.name} is already being restored")
+        if not replace and self._local.exists(LocalLocation(path)):
+            raise StorageExists(f"{target} already exists and the restore job does not replace files",
+                                what_to_do="restore with replace=always or to another where= directory")
+        self._local.makedirs(LocalLocation(path.parent))
+        temp = str(path.parent / f".{path.name}{PARTIAL_SUFFIX}")
+        self._local.delete(LocalLocation(PurePosixPath(temp)), missing_ok=True)  # left by a killed agent
+        writer = self._local.create(LocalLocation(PurePosixPath(temp)))
+        rfd, wfd = make_pipe()
+        drain = Drain(entry.name, rfd, writer, entry.size, self._progress)
+        self._restores[entry.name] = _Restore(entry, target, temp, replace, writer, drain)
+        drain.start()
+        return wfd
+
+    def _close_restore(self, name: str) -> FileDone:
+        item = self._restores.pop(name)
+        if not item.drain.join(JOIN_TIMEOUT):
+            item.drain.abort()
+            item.writer.discard()
+            raise StorageError(f"writing {item.target} did not finish {JOIN_TIMEOUT:.0f} s after the core "
+                               "closed the data stream", what_to_do="check the destination file system")
+        if item.drain.error is not None:
+            item.writer.discard()
+            raise item.drain.error
+        try:
+            item.writer.close()
+            self._local.rename(LocalLocation(PurePosixPath(item.temp)), LocalLocation(PurePosixPath(item.target)),
+                               replace=item.replace)
+        except BaseException:
+            self._local.delete(LocalLocation(PurePosixPath(item.temp)), missing_ok=True)
+            raise
+        try:
+            os.chmod(item.target, item.entry.mode & 0o7777)
+            os.utime(item.target, (item.entry.mtime, item.entry.mtime))
+        except OSError as exc:
+            log.warning("restored %s but could not set its mode/time: %s", item.target, exc.strerror)
+        self.files_done += 1
+        self.bytes_done += item.drain.bytes
+        return FileDone(name=name, bytes=item.drain.bytes, sha256=item.drain.sha256.hexdigest(),
+                        seconds=item.drain.seconds)
+
+    # -- both ------------------------------------------------------------------------------------
+
+    def close_file(self, name: str) -> FileDone:
+        """Finish one item and report what moved (raises the transfer's error)."""
+        if name in self._pumps:
+            return self._close_backup(name)
+        if name in self._restores:
+            return self._close_restore(name)
+        raise ProtocolError(f"CloseFile for {name!r}, which is not open")
+
+    def job_done(self) -> JobDone:
+        """Final statistics."""
+        return JobDone(files=self.files_done, bytes=self.bytes_done, peak_rss_kib=peak_rss_kib(),
+                       seconds=round(time.monotonic() - self.started, 3))
+
+    def close(self) -> None:
+        """Stop transfers, remove partial restores, release the source (idempotent)."""
+        for pump in self._pumps.values():
+            pump.abort()
+        for item in self._restores.values():
+            item.drain.abort()
+            try:
+                item.writer.discard()
+            except (OSError, StorageError) as exc:
+                log.warning("could not remove the partial file %s: %s", item.temp, exc)
+        self._pumps.clear()
+        self._restores.clear()
+        if self.source is not None:
+            source, self.source = self.source, None
+            source.close()

@@ -1,0 +1,166 @@
+r"""Producers: what a backup job streams, as a list of items and a reader per item.
+
+A :class:`Source` is small on purpose: it lists the items of the save set (name in the
+catalog, size, mtime, mode) and opens one item as a sequential
+:class:`~bareos_hyperv.storage.base.FileReader`.  The agent does the rest (pipes, threads,
+digests).  Hyper-V backup plugs in later as one more source.
+
+Sources here:
+
+* ``files``: local paths (``paths=/a/file,/b/dir``), items ``@files/<absolute path>``;
+* ``smb``: files on one SMB share (``smb_server``, ``smb_share``, ``smb_paths``), items
+  ``@smb/<server>/<share>/<path>``, read through :mod:`bareos_hyperv.storage.smb`.
+"""
+
+from __future__ import annotations
+
+import stat as stat_mod
+from pathlib import PurePosixPath
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+from bareos_hyperv.errors import ConfigurationError
+from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.protocol.messages import FileEntry
+from bareos_hyperv.storage.base import FileReader, StorageNotFound
+from bareos_hyperv.storage.local import LocalStorage
+from bareos_hyperv.storage.locations import LocalLocation, SmbLocation
+
+__all__ = ["SOURCES", "FilesSource", "SmbSource", "Source", "SourceContext", "make_source"]
+
+FILES_PREFIX = "@files"
+SMB_PREFIX = "@smb"
+# Regular file, rw-r----- : what the catalog shows for items that are not local files.
+DEFAULT_MODE = stat_mod.S_IFREG | 0o640
+
+
+class SourceContext(Protocol):
+    """What a source may ask of the job: its options and (lazily) its credentials."""
+
+    @property
+    def options(self) -> Mapping[str, str]:
+        """The job's options as the fd validated them (strings)."""
+
+    def credentials(self) -> Credentials:
+        """The account for remote sources; raises ConfigurationError when none was given."""
+
+
+class Source(Protocol):
+    """One backup producer."""
+
+    def list_files(self) -> List[FileEntry]:
+        """The items to save, in order (names unique)."""
+
+    def open(self, entry: FileEntry) -> FileReader:
+        """Open one listed item for sequential reading."""
+
+    def close(self) -> None:
+        """Release connections (idempotent)."""
+
+
+def _split_list(value: str) -> List[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+class FilesSource:
+    """Local files and directory trees (regular files only, sorted, symlinks to files followed)."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self._paths = _split_list(ctx.options.get("paths", ""))
+        if not self._paths:
+            raise ConfigurationError("source=files needs at least one path", what_to_do="set paths=/dir/or/file")
+        self._storage = LocalStorage()
+        self._where: Dict[str, str] = {}
+
+    def _add(self, out: List[FileEntry], path: PurePosixPath) -> None:
+        st = self._storage.stat(LocalLocation(path))
+        name = f"{FILES_PREFIX}{path}"
+        if st.is_dir:
+            for entry in self._storage.listdir(LocalLocation(path)):
+                self._add(out, path / entry.name)
+            return
+        if name in self._where:
+            return
+        self._where[name] = str(path)
+        out.append(FileEntry(name=name, size=st.size, mtime=int(st.mtime), mode=DEFAULT_MODE))
+
+    def list_files(self) -> List[FileEntry]:
+        """Walk every configured path."""
+        out: List[FileEntry] = []
+        for raw in self._paths:
+            path = PurePosixPath(raw)
+            if not path.is_absolute():
+                raise ConfigurationError(f"paths= entry {raw!r} is not an absolute path",
+                                         what_to_do="give absolute paths, separated by commas")
+            try:
+                self._add(out, path)
+            except StorageNotFound:
+                raise ConfigurationError(f"the path {raw} given in paths= does not exist",
+                                         what_to_do="correct paths= or create the file") from None
+        return out
+
+    def open(self, entry: FileEntry) -> FileReader:
+        """Open a listed file."""
+        return self._storage.open_read(LocalLocation(PurePosixPath(self._where[entry.name])))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SmbSource:
+    r"""Files on one SMB share, e.g. a node's ``C$`` (``smb_paths`` relative to the share root)."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        from bareos_hyperv.storage.smb import SmbOptions, SmbStorage  # smbprotocol: only when used
+
+        opts = ctx.options
+        self._server = opts.get("smb_server", "")
+        self._share = opts.get("smb_share", "")
+        self._paths = [p.replace("/", "\\").strip("\\") for p in _split_list(opts.get("smb_paths", ""))]
+        if not (self._server and self._share and self._paths):
+            raise ConfigurationError("source=smb needs smb_server, smb_share and smb_paths",
+                                     what_to_do="set all three options")
+        endpoints: Dict[str, Tuple[str, int]] = {}
+        if opts.get("smb_address") or opts.get("smb_port"):
+            endpoints[self._server] = (opts.get("smb_address") or self._server, int(opts.get("smb_port") or 445))
+        smb_options = SmbOptions(encrypt=opts.get("smb_encrypt", "no") == "yes")
+        self._storage = SmbStorage.from_credentials(ctx.credentials(), endpoints=endpoints, options=smb_options)
+        self._where: Dict[str, SmbLocation] = {}
+
+    def _add(self, out: List[FileEntry], loc: SmbLocation) -> None:
+        st = self._storage.stat(loc)
+        if st.is_dir:
+            for entry in self._storage.listdir(loc):
+                self._add(out, loc.child(entry.name))
+            return
+        name = f"{SMB_PREFIX}/{loc.server}/{loc.share}/{loc.path.replace(chr(92), '/')}"
+        if name in self._where:
+            return
+        self._where[name] = loc
+        out.append(FileEntry(name=name, size=st.size, mtime=int(st.mtime), mode=DEFAULT_MODE))
+
+    def list_files(self) -> List[FileEntry]:
+        """Stat (and walk) every configured path on the share."""
+        out: List[FileEntry] = []
+        for path in self._paths:
+            self._add(out, SmbLocation(self._server, self._share, path))
+        return out
+
+    def open(self, entry: FileEntry) -> FileReader:
+        """Open a listed file for pipelined reading."""
+        return self._storage.open_read(self._where[entry.name])
+
+    def close(self) -> None:
+        """Log off from the server."""
+        self._storage.close()
+
+
+SourceFactory = Callable[[SourceContext], Source]
+SOURCES: Dict[str, SourceFactory] = {"files": FilesSource, "smb": SmbSource}
+
+
+def make_source(name: str, ctx: SourceContext) -> Source:
+    """The producer called ``name`` for this job."""
+    factory: Optional[SourceFactory] = SOURCES.get(name)
+    if factory is None:
+        raise ConfigurationError(f"unknown source {name!r}", what_to_do=f"use one of {', '.join(sorted(SOURCES))}")
+    return factory(ctx)
