@@ -17,6 +17,7 @@ process runs it (``--no-malloc-tuning`` to see the default allocator).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import statistics
@@ -150,19 +151,19 @@ def main(argv: List[str] | None = None) -> int:
                 # One verified pass first: a fast wrong answer is not a result.
                 run_product(srv, name, base, digest)
                 row = results.setdefault(mode, {})
-                row["cat"], _ = median_rate(lambda: run_cat(path), args.runs)
+                row["cat"], _ = median_rate(functools.partial(run_cat, path), args.runs)
                 row["smbclient"], _ = median_rate(
-                    lambda srv=srv, authfile=authfile: run_smbclient(srv, name, authfile, size), args.runs
+                    functools.partial(run_smbclient, srv, name, authfile, size), args.runs
                 )
                 label = f"product {base.read_size // MiB} MiB x{base.read_depth}"
-                row[label], _ = median_rate(lambda srv=srv: run_product(srv, name, base), args.runs)
+                row[label], _ = median_rate(functools.partial(run_product, srv, name, base), args.runs)
                 if args.sweep:
                     for rs, depth in ((1, 1), (8, 1), (2, 4), (4, 2), (4, 8), (8, 2), (8, 4)):
                         opts = SmbOptions(read_size=rs * MiB, read_depth=depth)
                         key = f"product {rs} MiB x{depth}"
                         if key not in row:
                             row[key], _ = median_rate(
-                                lambda srv=srv, opts=opts: run_product(srv, name, opts), args.runs
+                                functools.partial(run_product, srv, name, opts), args.runs
                             )
                 authfile.unlink()
 

@@ -77,6 +77,7 @@ class SubInterpreter:
         self.failure: BaseException | None = None
         self.cancel_lock = threading.Lock()
         self._closed = False
+        self._finished = False
         # Decided by close(): destroy only when no plugin thread is left in the interpreter.
         self._may_destroy = False
         self._decided = threading.Event()
@@ -127,6 +128,8 @@ class SubInterpreter:
 
     def request(self, msg: Tuple[Any, ...], core: CoreHandler) -> Dict[str, Any]:
         """Run one operation on the job thread, answering the guest's core calls meanwhile."""
+        if self._finished:
+            raise GuestDied("fdsim: the job's sub-interpreter was already stopped and closed")
         return self._exchange(self._wfd, self._rfd, msg, core)
 
     def cancel_request(self, msg: Tuple[Any, ...], core: CoreHandler) -> Dict[str, Any] | None:
@@ -155,6 +158,7 @@ class SubInterpreter:
             leftover = ["<guest died: interpreter state unknown, not destroyed>"]
         self._decided.set()
         self._thread.join()
+        self._finished = True
         for fd in self._host_fds:
             os.close(fd)
         return leftover

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bareos_hyperv.errors import HyperVError
+from bareos_hyperv.wsman.cim import EndpointReference
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,12 @@ def _bad(text: str) -> HyperVError:
         context={"path": text[:200]},
         what_to_do="report this with the host's Windows version; the path could not be parsed",
     )
+
+
+def object_path(host: str, epr: EndpointReference) -> str:
+    r"""The WMI object path string Hyper-V expects in string properties, e.g. ``SnapshotVirtualSystem``.
+
+    ``\\HOST\root\virtualization\v2:Class.Key="value"``, key values escaped as in WQL object paths.
+    """
+    namespace = epr.namespace.replace("/", "\\")
+    return f"\\\\{host}\\{namespace}:{epr.wql_path()}"

@@ -27,6 +27,7 @@ from hvsim.faults import MIGRATE_VM, RETURN_CODE
 from hvsim.world.jobs import JobFailure, Work, error_instance
 from hvsim.world.node import (
     NodeRepository,
+    job_ref,
     norm_ns,
     not_found,
     provider_fault,
@@ -47,10 +48,13 @@ from hvsim.world.state import (
     VM_SAVED,
     VST_RECOVERY,
     VST_SNAPSHOT,
+    Cluster,
     Config,
+    Group,
     Setting,
     Snapshot,
     Vm,
+    World,
     add_default_devices,
     base_config,
     deserialise_config,
@@ -98,8 +102,8 @@ class Call:
     p: Params
 
     @property
-    def world(self) -> Any:
-        """The world (typed loosely to keep handlers short)."""
+    def world(self) -> World:
+        """The world."""
         return self.repo.world
 
     @property
@@ -113,8 +117,6 @@ class Call:
         """Start a job (4096) for this method; ``work`` runs when it completes."""
         job = self.world.jobs_engine.start(self.node, self.method, description, work, affected=affected,
                                            storage=storage, rollback=rollback)
-        from hvsim.world.node import job_ref
-
         result = dict(out or {})
         result["Job"] = job_ref(job)
         return MethodOutcome(ASYNC, result)
@@ -123,17 +125,9 @@ class Call:
                    storage: bool = False) -> MethodOutcome:
         """A job that ends in Exception (how Windows reports most failures after parameter checks)."""
         failure = JobFailure(code, message, [error_instance(message, code, source=source)])
-        job = self.world.jobs_engine.start(self.node, self.method, message, None, storage=storage)
-        job.work = _raise(failure)
-        from hvsim.world.node import job_ref
-
+        job = self.world.jobs_engine.start(self.node, self.method, message, None, storage=storage,
+                                           failure=failure)
         return MethodOutcome(ASYNC, {"Job": job_ref(job)})
-
-
-def _raise(failure: JobFailure) -> Work:
-    def work() -> list[CimRef]:
-        raise failure
-    return work
 
 
 Handler = Callable[[Call], MethodOutcome]
@@ -971,35 +965,42 @@ def _disk_changes(c: Call) -> MethodOutcome:
 
 
 # ------------------------------------------------------------------ cluster
-def _group(c: Call) -> Any:
+def _cluster(c: Call) -> Cluster:
     cl = c.world.cluster
-    g = cl.group(str(c.target.get("Name"))) if cl else None
+    if cl is None:  # root/MSCluster is served only by cluster nodes
+        raise not_found("namespace root/MSCluster", "ExecMethod")
+    return cl
+
+
+def _group(c: Call) -> Group:
+    g = _cluster(c).group(str(c.target.get("Name")))
     if g is None:
         raise not_found(f"MSCluster_ResourceGroup.Name=\"{c.target.get('Name')}\"", "ExecMethod")
     return g
 
 
-def _group_vm(c: Call, g: Any) -> Vm:
+def _group_vm(c: Call, g: Group) -> Vm:
     vm = c.world.vms.get(g.vm_id)
     if vm is None or vm.planned:
         raise provider_fault(f"The virtual machine of cluster group '{g.name}' does not exist.")
-    return vm  # type: ignore[no-any-return]
+    return vm
 
 
 @handles("MSCluster_Cluster", "AddVirtualMachine")
 def _add_vm(c: Call) -> MethodOutcome:
     w = c.world
+    cluster = _cluster(c)
     want = str(c.p.get("VirtualMachine", ""))
-    nodes = set(w.cluster.nodes) if w.cluster else set()
+    nodes = set(cluster.nodes)
     cands = [v for v in w.vms.values() if not v.planned and v.node in nodes
              and (v.id.lower() == want.lower().strip("{}") or v.name == want)]
     if not cands:
         raise provider_fault(f"No virtual machine named '{want}' exists on the nodes of cluster "
-                             f"{w.cluster.name if w.cluster else ''}.", parameter="VirtualMachine")
+                             f"{cluster.name}.", parameter="VirtualMachine")
     if len(cands) > 1:
         raise provider_fault(f"{len(cands)} virtual machines are named '{want}'; pass the VM ID.",
                              parameter="VirtualMachine")
-    if w.cluster.group_for_vm(cands[0].id) is not None:
+    if cluster.group_for_vm(cands[0].id) is not None:
         raise provider_fault(f"The virtual machine '{want}' is already highly available.",
                              parameter="VirtualMachine")
     w.make_highly_available(cands[0])
@@ -1043,7 +1044,7 @@ def _group_online(c: Call) -> MethodOutcome:
 @handles("MSCluster_ResourceGroup", "DestroyGroup")
 def _destroy_group(c: Call) -> MethodOutcome:
     g = _group(c)
-    c.world.cluster.groups.remove(g)
+    _cluster(c).groups.remove(g)
     return MethodOutcome(0)
 
 
@@ -1057,7 +1058,7 @@ def _delete_group(c: Call) -> MethodOutcome:
 def _resource_methods(c: Call) -> MethodOutcome:
     w = c.world
     owner = str(c.target.get("OwnerGroup") or "")
-    g = w.cluster.group(owner) if w.cluster else None
+    g = _cluster(c).group(owner)
     if g is None:
         raise not_found(f"MSCluster_Resource.Name=\"{c.target.get('Name')}\"", "ExecMethod")
     if c.method == "UpdateVirtualMachine" or c.target.get("Type") != "Virtual Machine":
@@ -1072,10 +1073,10 @@ def _resource_methods(c: Call) -> MethodOutcome:
 
 @handles("MSCluster_ClusterSharedVolume", "MoveToNewHost")
 def _csv_move(c: Call) -> MethodOutcome:
-    w = c.world
     target = str(c.p.get("NodeName", "")).upper()
-    csv = next((v for v in (w.cluster.csvs if w.cluster else []) if v.name == c.target.get("Name")), None)
-    if csv is None or target not in w.cluster.nodes:
+    cluster = _cluster(c)
+    csv = next((v for v in cluster.csvs if v.name == c.target.get("Name")), None)
+    if csv is None or target not in cluster.nodes:
         raise provider_fault(f"Cannot move '{c.target.get('Name')}' to '{target}'.", parameter="NodeName")
     csv.owner_node = target
     return MethodOutcome(0)

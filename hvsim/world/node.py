@@ -341,8 +341,9 @@ class NodeRepository:
         for vm in w.vms.values():
             if vm.node == host:
                 out.extend(self._render_vm(vm))
+        existing = {_identity(i.path) for i in out if i.path is not None}
         for job in w.jobs_engine.on_node(host):
-            out.extend(self._render_job(job))
+            out.extend(self._render_job(job, existing))
         return out
 
     def _render_vm(self, vm: Vm) -> list[CimInstance]:
@@ -446,7 +447,8 @@ class NodeRepository:
                               ("PartComponent", sref), host))
         return out
 
-    def _render_job(self, job: Job) -> list[CimInstance]:
+    def _render_job(self, job: Job, existing: set[tuple[str, tuple[tuple[str, str], ...]]]
+                    ) -> list[CimInstance]:
         host = self.node.name
         w = self.world
         now = w.clock()
@@ -471,8 +473,11 @@ class NodeRepository:
         jref = job_ref(job)
         out = [_inst(NS_VIRT, job.class_name, values, jref)]
         for ref in job.affected:
-            out.append(_assoc("Msvm_AffectedJobElement", NS_VIRT, ("AffectedElement", ref),
-                              ("AffectingElement", jref), host))
+            # an element the job touched that no longer exists here (destroyed, realized, migrated)
+            # is no longer associated, as WMI would not return it
+            if _identity(ref) in existing:
+                out.append(_assoc("Msvm_AffectedJobElement", NS_VIRT, ("AffectedElement", ref),
+                                  ("AffectingElement", jref), host))
         return out
 
     def _render_cluster(self) -> list[CimInstance]:
@@ -600,6 +605,11 @@ _TEMPLATES: tuple[tuple[str, str, dict[str, Any]], ...] = (
 # OperationalStatus[1] while a job works on a VM.
 _BUSY_STATUS: dict[str, int] = {"CreateSnapshot": 32768, "DestroySnapshot": 32770,
                                 "ConvertToReferencePoint": 32772, "ExportSystemDefinition": 32773}
+
+
+def _identity(ref: CimRef) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Case-insensitive identity of a reference (class and keys)."""
+    return ref.class_name.lower(), tuple(sorted((k.lower(), v.lower()) for k, v in ref.keys))
 
 
 def _job_status(job: Job) -> str:

@@ -8,8 +8,8 @@ r"""Builders of the default simulated estate.
 * standalone host ``HVSTANDALONE01`` (Windows Server 2022) with VMs on ``D:``;
 * VMs: ``web01`` (clustered, Gen 2, running, two VHDX on different CSVs),
   ``db01`` (clustered, Gen 2, off, fixed VHDX), ``file01`` (clustered, Gen 2,
-  saved), ``legacy01`` (standalone, Gen 1, running, VHD + VHDX + DVD with an ISO
-  + pass-through disk).
+  saved), ``legacy01`` (standalone, Gen 1, running, dynamic VHD + VHDX + fixed VHD
+  on IDE, DVD with an ISO, pass-through disk on SCSI).
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def default_world(root: Path, *, files: bool = True, faults: FaultPlan | None = 
                               controller="ide"),
                      DiskSpec(f"{d}\\Virtual Hard Disks\\legacy01-data.vhdx", size=disk_size,
                               controller="ide",
-                              fill_ratio=0.1)])
+                              fill_ratio=0.1),
+                     DiskSpec(f"{d}\\Virtual Hard Disks\\legacy01-swap.vhd", fmt="vhd", kind="fixed",
+                              size=8 * MiB, controller="ide", fill_ratio=0.0)])
     return w
 
 

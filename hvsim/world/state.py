@@ -352,7 +352,18 @@ def version_at_least(version: str, minimum: str) -> bool:
 
 
 class World:
-    """Everything the simulated Windows side knows; see the module docstring."""
+    """Everything the simulated Windows side knows; see the module docstring.
+
+    :param root: directory that holds every node's drives and the CSVs (:mod:`hvsim.fs`).
+    :param faults: the shared fault plan (JOB_FAIL, JOB_HANG, MIGRATE_VM, RETURN_CODE are honoured here).
+    :param clock: monotonic seconds; tests pass a hand-moved clock.
+    :param files: False keeps disk metadata in memory instead of creating VHD/VHDX files.
+    :param job_duration: seconds a job stays New/Running before it completes.
+    :param time_before_removal: seconds a finished job stays visible (Windows: 300).
+    :param rct_block_size: granularity of the ranges GetVirtualDiskChanges reports.
+    :param rct_max_bytes_per_call: most bytes one GetVirtualDiskChanges call processes
+        (clients must loop on ProcessedByteLength).
+    """
 
     def __init__(self, root: Path, *, faults: FaultPlan | None = None,
                  clock: Callable[[], float] = time.monotonic, files: bool = True,

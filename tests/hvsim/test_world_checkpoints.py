@@ -238,13 +238,13 @@ def test_gen1_vm_checkpoint_vhd_and_passthrough(world: World, clock: Clock) -> N
     job, snap = _snapshot(repo, clock, "legacy01", ignore=True)
     assert job.get("JobState") == 7
     live = _disk_paths(repo, settings_of(repo, vm_inst(repo, "legacy01")))
-    assert live[0].endswith(".avhd") and live[1].endswith(".avhdx")
+    assert live[0].endswith(".avhd") and live[1].endswith(".avhdx") and live[2].endswith(".avhd")
     assert disks.disk_info(world.local("HVSTANDALONE01", live[0])).fmt == "vhd"
     world.guest_write("legacy01", 0, 4096, b"v" * 512)
     out = ok(repo, clock, service(repo, SNAP), "ConvertToReferencePoint", AffectedSnapshot=snap.path)
     (rp,) = job_results(repo, out, "Msvm_VirtualSystemReferencePoint")
     rct = rp.get("ResilientChangeTrackingIdentifiers")
-    assert rct[0] == "" and rct[1]  # no RCT for VHD
+    assert rct[0] == "" and rct[1] and rct[2] == ""  # no RCT for VHD
     base = world.vm("legacy01").config.vhds()[0].host_resource[0]
     assert disks.read_virtual(world.local("HVSTANDALONE01", base), 4096, 512) == b"v" * 512
     assert repo.invoke(service(repo, IMS), "GetVirtualDiskChanges", {

@@ -8,7 +8,7 @@ import pytest
 
 from hvsim.cim import NS_CLUSTER, NS_VIRT, CimError, CimRef
 from hvsim.world import NodeRepository, World
-from hvsim.world.testing import Clock, cluster_inst, devices, make_world, settings_of, vm_inst
+from hvsim.world.testing import Clock, associated, cluster_inst, devices, make_world, settings_of, vm_inst
 
 
 @pytest.fixture
@@ -103,3 +103,15 @@ def test_more_nodes_and_csvs(tmp_path: Path) -> None:
     assert cluster_inst(repo, "MSCluster_Node", "HV03").get("State") == 1
     with pytest.raises(CimError, match="not up"):
         repo.invoke(_group_ref("web01"), "MoveToNewNode", {"NodeName": "HV03", "TimeOut": 1})
+
+
+def test_csv_owner_moves(world: World) -> None:
+    repo = NodeRepository(world, "HV01")
+    csv = CimRef(NS_CLUSTER, "MSCluster_ClusterSharedVolume", (("Name", "Cluster Disk 1"),))
+    (owner,) = associated(repo, csv, "MSCluster_ClusterSharedVolumeToNode", namespace=NS_CLUSTER)
+    assert owner.get("Name") == "HV01"
+    assert repo.invoke(csv, "MoveToNewHost", {"NodeName": "HV02"}).return_value == 0
+    (owner,) = associated(repo, csv, "MSCluster_ClusterSharedVolumeToNode", namespace=NS_CLUSTER)
+    assert owner.get("Name") == "HV02"
+    with pytest.raises(CimError):
+        repo.invoke(csv, "MoveToNewHost", {"NodeName": "HVSTANDALONE01"})

@@ -101,10 +101,12 @@ def test_gen1_vm_with_vhd_vhdx_dvd_and_passthrough(world: World) -> None:
     by_sub = {}
     for s in sasds:
         by_sub.setdefault(s.get("ResourceSubType"), []).append(s.get("HostResource")[0])
-    assert [p.rsplit(".", 1)[1] for p in by_sub["Microsoft:Hyper-V:Virtual Hard Disk"]] == ["vhd", "vhdx"]
+    assert [p.rsplit(".", 1)[1] for p in by_sub["Microsoft:Hyper-V:Virtual Hard Disk"]] == ["vhd", "vhdx", "vhd"]
+    assert [world.disk_info("HVSTANDALONE01", p).kind  # type: ignore[union-attr]
+            for p in by_sub["Microsoft:Hyper-V:Virtual Hard Disk"]] == ["dynamic", "dynamic", "fixed"]
     assert by_sub["Microsoft:Hyper-V:Virtual CD/DVD Disk"] == ["D:\\ISO\\install.iso"]
     assert world.local("HVSTANDALONE01", "D:\\ISO\\install.iso").is_file()
-    # the DVD sits on IDE controller 1? no: the first free IDE slot after the two disks on controller 0
+    # three IDE disks take 0:0, 0:1 and 1:0; the DVD gets 1:1
     (dvd,) = [r for r in rasds if r.get("ResourceSubType") == "Microsoft:Hyper-V:Synthetic DVD Drive"]
     assert _by_path(repo, dvd.get("Parent")).get("Address") == "1"
 

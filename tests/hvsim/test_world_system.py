@@ -12,6 +12,7 @@ from hvsim.world import NodeRepository, World
 from hvsim.world.state import DiskSpec
 from hvsim.world.testing import (
     Clock,
+    associated,
     call,
     devices,
     embedded,
@@ -240,3 +241,11 @@ def test_modify_resource_settings_needs_instance_id(world: World, clock: Clock) 
               '</VALUE.ARRAY></PROPERTY.ARRAY></INSTANCE>')
     ok(repo, clock, service(repo, VSMS), "ModifySystemSettings", SystemSettings=cimxml)
     assert world.vm("web01-renamed").config.vssd["Notes"] == ["a", "b"]
+
+
+def test_job_associations_skip_elements_that_are_gone(world: World, clock: Clock) -> None:
+    repo = NodeRepository(world, "HV02")
+    db = vm_inst(repo, "db01")
+    out = ok(repo, clock, service(repo, VSMS), "DestroySystem", AffectedSystem=db.path)
+    assert associated(repo, out.out["Job"], "Msvm_AffectedJobElement") == []
+    assert repo.get(out.out["Job"]).get("JobState") == 7

@@ -27,6 +27,7 @@ __all__ = [
     "NS_CLUSTER",
     "NS_VIRT",
     "JOB_TIMEOUT",
+    "SMALL_DISK",
     "connector",
     "follower",
     "object_path",

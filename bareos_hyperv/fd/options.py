@@ -1,0 +1,194 @@
+"""Plugin options, declared with types and defaults in the style of Bareos's Proxmox plugin.
+
+Runs inside bareos-fd: standard library only.  Each option is declared once with
+:func:`make_opt` (type, default, which sources need it); values arrive as ``key=value`` items of
+the plugin definition, are converted once (``yes/on/true/1``, ``no/off/false/0``; base-10
+integers) and validated together, so an operator sees every missing option in one message.
+
+Precedence follows ``BareosFdPluginBaseclass``: the first value given for a key wins.  At
+restore the director sends ``pluginoptions`` in front of the backup-time definition, so restore
+overrides win; at backup a later ``pluginoptions`` can only add keys.
+
+Options whose name starts with ``restore_`` matter only at restore; they are accepted (and
+ignored) at backup so that one FileSet line can carry them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+from bareos_hyperv.errors import ConfigurationError
+
+__all__ = ["OPTIONS", "SOURCES", "OptionSpec", "PluginOptions", "make_opt", "split_definition"]
+
+Value = Union[str, int, bool]
+
+TRUE_WORDS = frozenset({"yes", "on", "true", "1"})
+FALSE_WORDS = frozenset({"no", "off", "false", "0"})
+SOURCES = ("files", "smb")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One declared option."""
+
+    kind: type
+    default: Optional[Value] = None
+    required_for: Tuple[str, ...] = ()
+    choices: Tuple[str, ...] = ()
+    to_agent: bool = True
+    help: str = ""
+
+
+def make_opt(kind: type, default: Optional[Value] = None, *, required_for: Tuple[str, ...] = (),
+             choices: Tuple[str, ...] = (), to_agent: bool = True, help: str = "") -> OptionSpec:
+    """Declare an option: ``kind`` is str, int or bool; ``required_for`` names the sources that need it."""
+    return OptionSpec(kind, default, required_for, choices, to_agent, help)
+
+
+OPTIONS: Dict[str, OptionSpec] = {
+    "source": make_opt(str, required_for=SOURCES, choices=SOURCES, help="what to stream: files or smb"),
+    "paths": make_opt(str, required_for=("files",), help="comma-separated absolute local paths"),
+    "smb_server": make_opt(str, required_for=("smb",), help="SMB server name (e.g. a Hyper-V node)"),
+    "smb_share": make_opt(str, required_for=("smb",), help="share name, e.g. C$"),
+    "smb_paths": make_opt(str, required_for=("smb",), help="comma-separated paths inside the share"),
+    "smb_address": make_opt(str, help="connect to this address instead of resolving smb_server"),
+    "smb_port": make_opt(int, help="SMB port (default 445)"),
+    "smb_encrypt": make_opt(bool, False, help="require SMB3 encryption"),
+    "credentials_file": make_opt(str, required_for=("smb",), help="file with username=/password= (mode 600)"),
+    "agent_python": make_opt(str, to_agent=False, help="python3 that has bareos-hyperv installed"),
+    "agent_timeout": make_opt(int, 300, help="seconds the agent may stay silent before the job fails"),
+    "agent_debug": make_opt(bool, False, help="relay the agent's debug log to the fd debug output"),
+    "restore_local": make_opt(bool, True, help="restore the files below the job's where= directory"),
+}
+
+
+def split_definition(plugindef: str) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """Split ``k=v:k2=v2:`` like BareosFdPluginBaseclass: ``\\:`` keeps a colon in a value.
+
+    Returns ``(items, warnings)``; items without a value are dropped with a warning.
+    """
+    items: List[Tuple[str, str]] = []
+    warnings: List[str] = []
+    parts = plugindef.split(":")
+    while parts:
+        raw_key, _, raw_val = parts.pop(0).partition("=")
+        key, val = raw_key.strip(), raw_val.strip()
+        while val.endswith("\\") and parts:
+            val = val[:-1] + ":" + parts.pop(0)
+        if not key:
+            continue
+        if not val:
+            warnings.append(f"ignoring option '{key}' with no value")
+            continue
+        items.append((key, val))
+    return items, warnings
+
+
+class PluginOptions:
+    """The job's options: typed, validated, first value wins."""
+
+    def __init__(self, specs: Optional[Dict[str, OptionSpec]] = None) -> None:
+        self.specs = specs if specs is not None else OPTIONS
+        self._values: Dict[str, Value] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def _convert(self, key: str, raw: str) -> Value:
+        spec = self.specs[key]
+        if spec.kind is bool:
+            word = raw.lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            raise ConfigurationError(f"option {key}={raw} is not a yes/no value",
+                                     what_to_do=f"write {key}=yes or {key}=no")
+        if spec.kind is int:
+            try:
+                return int(raw, 10)
+            except ValueError:
+                raise ConfigurationError(f"option {key}={raw} is not a whole number",
+                                         what_to_do=f"write {key}= followed by digits only") from None
+        if spec.choices and raw not in spec.choices:
+            raise ConfigurationError(f"option {key}={raw} is not one of {', '.join(spec.choices)}",
+                                     what_to_do=f"set {key} to one of {', '.join(spec.choices)}")
+        return raw
+
+    def add(self, key: str, raw: str) -> None:
+        """Set ``key`` unless it is already set; unknown keys and bad values raise ConfigurationError."""
+        if key not in self.specs:
+            raise ConfigurationError(
+                f"unknown option '{key}' in the plugin definition",
+                what_to_do=f"remove it or correct its spelling; known options: {', '.join(sorted(self.specs))}")
+        if key in self._values:
+            return
+        self._values[key] = self._convert(key, raw)
+
+    def add_definition(self, plugindef: str) -> List[str]:
+        """Add every item of a plugin definition; returns warnings, raises on the first bad item."""
+        items, warnings = split_definition(plugindef)
+        for key, raw in items:
+            self.add(key, raw)
+        return warnings
+
+    def missing(self) -> List[str]:
+        """Mandatory options not set, for the configured source (all of them)."""
+        source = self._values.get("source")
+        out = []
+        for key, spec in self.specs.items():
+            if key in self._values or spec.default is not None or not spec.required_for:
+                continue
+            if source is None or source in spec.required_for:
+                out.append(key)
+        return out
+
+    def check(self) -> None:
+        """Raise one ConfigurationError naming every missing mandatory option."""
+        missing = self.missing()
+        if missing:
+            names = ", ".join(missing)
+            raise ConfigurationError(
+                f"mandatory option{'s' if len(missing) > 1 else ''} {names} not set in the plugin definition",
+                what_to_do=f"add {' and '.join(f'{k}=...' for k in missing)} to the Plugin= line")
+
+    # -- typed access --------------------------------------------------------------------------
+
+    def get(self, key: str) -> Optional[Value]:
+        """The value of ``key`` (its default when not set)."""
+        if key in self._values:
+            return self._values[key]
+        return self.specs[key].default
+
+    def get_str(self, key: str) -> Optional[str]:
+        """A string option, None when neither set nor defaulted."""
+        value = self.get(key)
+        return None if value is None else str(value)
+
+    def get_int(self, key: str) -> int:
+        """An int option that has a default."""
+        value = self.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigurationError(f"option {key} is not set", what_to_do=f"set {key}=<number>")
+        return value
+
+    def get_bool(self, key: str) -> bool:
+        """A bool option that has a default."""
+        return bool(self.get(key))
+
+    @property
+    def source(self) -> str:
+        """The configured source (check() makes sure it is set)."""
+        return str(self.get("source"))
+
+    def for_agent(self) -> Dict[str, str]:
+        """The options the agent needs, as strings (booleans as yes/no), defaults included."""
+        out: Dict[str, str] = {}
+        for key, spec in self.specs.items():
+            value = self.get(key)
+            if value is None or not spec.to_agent:
+                continue
+            out[key] = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+        return out

@@ -1,0 +1,369 @@
+"""The Bareos python3-fd plugin class: drives the agent process, hands pipe ends to the core.
+
+Runs inside bareos-fd, in a fresh sub-interpreter per job: it imports only the standard library,
+``bareosfd`` and this package's ``protocol``/``errors`` (see ``DESIGN.md``, "Why two
+processes").  Everything that needs third-party code happens in the agent.
+
+Backup: the first ``start_backup_file`` starts the agent and asks for the item list; each item is
+one FT_REG file whose data the core reads from a pipe the agent fills (``plugin_io`` IO_OPEN sets
+``iostat_do_in_core`` and the pipe's read end).  Restore: ``create_file`` asks the agent for a
+pipe into the destination and IO_OPEN gives its write end to the core.  The plugin never copies
+data in Python.
+
+Errors: every failure is a :class:`~bareos_hyperv.errors.BareosHyperVError` (the agent's arrive
+as :class:`~bareos_hyperv.fd.agent_process.RemoteError`); :meth:`BareosFdHyperV._fail` turns the
+first one into the job's single M_FATAL and the callback returns bRC_Error.  After a cancel,
+errors caused by stopping the agent are reported as information only.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import threading
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Set, TypeVar, cast
+
+import bareosfd
+
+from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, ProtocolError, StorageError
+from bareos_hyperv.fd.agent_process import AgentProcess, close_fds
+from bareos_hyperv.fd.joblog import DEBUG_TRACE, JobLog
+from bareos_hyperv.fd.options import PluginOptions
+from bareos_hyperv.protocol.messages import (
+    CloseFile,
+    CreateFile,
+    FileDone,
+    FileEntry,
+    FileList,
+    JobKind,
+    JobStarted,
+    ListFiles,
+    OpenFile,
+    PipeReady,
+    StartJob,
+    WireCredentials,
+)
+
+__all__ = ["BareosFdHyperV"]
+
+# Events beyond the ones python3-fd registers itself (reference §5.3).
+EVENTS = (
+    bareosfd.bEventJobEnd,
+    bareosfd.bEventStartBackupJob,
+    bareosfd.bEventEndBackupJob,
+    bareosfd.bEventStartRestoreJob,
+    bareosfd.bEventEndRestoreJob,
+    bareosfd.bEventCancelCommand,
+    bareosfd.bEventEndFileSet,
+)
+END_EVENTS = frozenset({bareosfd.bEventEndBackupJob, bareosfd.bEventEndRestoreJob, bareosfd.bEventJobEnd})
+# Levels as GetValue(bVarLevel) returns them (character codes).
+LEVEL_NAMES = {"F": "Full", "I": "Incremental", "D": "Differential", " ": "restore"}
+# Restore replace codes the director sends (not exported by bareosfd).
+REPLACE_ALWAYS, REPLACE_IFNEWER, REPLACE_NEVER, REPLACE_IFOLDER = ord("a"), ord("w"), ord("n"), ord("o")
+ENV_USERNAME = "BAREOS_HYPERV_USERNAME"
+ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"  # noqa: S105 - a variable name
+ENV_DOMAIN = "BAREOS_HYPERV_DOMAIN"
+
+F = TypeVar("F", bound=Callable[..., int])
+
+
+def _callback(func: F) -> F:
+    """Turn any failure of a core callback into the job's fatal error and bRC_Error."""
+
+    @functools.wraps(func)
+    def wrapper(self: BareosFdHyperV, *args: Any) -> int:
+        try:
+            return func(self, *args)
+        except BareosHyperVError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self.log.debug(DEBUG_TRACE, traceback.format_exc())
+            self._fail(ProtocolError(f"internal error in {func.__name__}: {type(exc).__name__}: {exc}",
+                                     what_to_do="report this as a bug with the job log at debug level 100"))
+        return int(bareosfd.bRC_Error)
+
+    return cast(F, wrapper)
+
+
+def _env_credentials() -> Optional[WireCredentials]:
+    """Credentials from the fd's environment, to be passed over the socket (never inherited)."""
+    username, password = os.environ.get(ENV_USERNAME), os.environ.get(ENV_PASSWORD)
+    if not username or password is None:
+        return None
+    return WireCredentials(username=username, password=password, domain=os.environ.get(ENV_DOMAIN) or None)
+
+
+class BareosFdHyperV:
+    """One job's plugin object (created by ``load_bareos_plugin``)."""
+
+    def __init__(self, plugindef: str) -> None:
+        self.log = JobLog()
+        self.options = PluginOptions()
+        self.agent: Optional[AgentProcess] = None
+        self.kind: Optional[JobKind] = None
+        self.files: List[FileEntry] = []
+        self.listed = False
+        self.index = 0
+        self.io_fd = -1
+        self.io_name = ""
+        self.pending: Dict[str, int] = {}
+        self.canceled = False
+        self.failed = False
+        self._warned: Set[str] = set()
+        self._lock = threading.Lock()
+        bareosfd.RegisterEvents(list(EVENTS))
+        self.jobid = int(bareosfd.GetValue(bareosfd.bVarJobId) or 0)
+        self.job_name = str(bareosfd.GetValue(bareosfd.bVarJobName) or "")
+        self.level = chr(int(bareosfd.GetValue(bareosfd.bVarLevel) or ord(" ")))
+
+    # -- error handling --------------------------------------------------------------------------
+
+    def _fail(self, exc: BareosHyperVError) -> None:
+        """Report the job's first failure as M_FATAL (later ones only to the debug output)."""
+        with self._lock:
+            first = not self.failed
+            self.failed = True
+        if self.canceled:
+            self.log.debug(DEBUG_TRACE, f"after cancel: {exc}")
+        elif first:
+            self.log.fatal(str(exc))
+        else:
+            self.log.debug(DEBUG_TRACE, f"after the first error: {exc}")
+
+    def _agent(self) -> AgentProcess:
+        if self.agent is None:
+            raise ProtocolError("the agent is not running")
+        return self.agent
+
+    def _ensure_agent(self, kind: JobKind) -> AgentProcess:
+        """Start the agent and the job on first use."""
+        if self.agent is not None:
+            return self.agent
+        if self.canceled:
+            raise ProtocolError("the job was canceled")
+        self.options.check()
+        self.kind = kind
+        agent = AgentProcess(self.options.get_str("agent_python"), self.log,
+                             timeout=self.options.get_int("agent_timeout"))
+        self.agent = agent
+        agent.start()
+        if self.canceled:  # cancel arrived while the agent was starting
+            agent.abort("the job was canceled")
+            raise ProtocolError("the job was canceled")
+        where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
+        agent.request(StartJob(kind=kind, source=self.options.source, jobid=self.jobid, job_name=self.job_name,
+                               options=self.options.for_agent(), credentials=_env_credentials(), where=where),
+                      JobStarted, what="starting the job")
+        return agent
+
+    def _finish(self) -> None:
+        """End of job: stop the agent and report its totals."""
+        close_fds([self.io_fd, *self.pending.values()] if self.io_fd >= 0 else list(self.pending.values()))
+        self.io_fd = -1
+        self.pending.clear()
+        agent, self.agent = self.agent, None
+        if agent is None:
+            return
+        done = agent.stop()
+        if done is not None and not (self.failed or self.canceled):
+            self.log.info(f"agent finished: {done.files} file(s), {done.bytes} bytes in {done.seconds:.1f} s; "
+                          f"agent peak memory (VmHWM) {done.peak_rss_kib} KiB")
+
+    # -- options and events ----------------------------------------------------------------------
+
+    @_callback
+    def parse_plugin_definition(self, plugindef: str) -> int:
+        """Add the definition's options (first value wins); unknown options fail the job."""
+        for warning in self.options.add_definition(plugindef):
+            if warning not in self._warned:
+                self._warned.add(warning)
+                self.log.warning(warning)
+        if self.level in ("I", "D"):
+            raise ConfigurationError(f"level {LEVEL_NAMES[self.level]} is not supported by this version",
+                                     what_to_do="run this job at level Full")
+        return int(bareosfd.bRC_OK)
+
+    def handle_plugin_event(self, event: int) -> int:
+        """Cancel (any thread) stops the agent; the end events stop it cleanly."""
+        try:
+            if event == bareosfd.bEventCancelCommand:
+                self.canceled = True
+                agent = self.agent
+                if agent is not None:
+                    agent.abort("the job was canceled")
+            elif event in END_EVENTS:
+                self._finish()
+        except BareosHyperVError as exc:
+            self._fail(exc)
+        return int(bareosfd.bRC_OK)
+
+    # -- backup ----------------------------------------------------------------------------------
+
+    @_callback
+    def start_backup_file(self, savepkt: Any) -> int:
+        """Describe the next item; the first call starts the agent and fetches the list."""
+        if not self.listed:
+            agent = self._ensure_agent(JobKind.BACKUP)
+            reply, _ = agent.request(ListFiles(), FileList, what="listing what to back up")
+            self.files = list(reply.files)
+            self.listed = True
+            if not self.files:
+                self.log.warning(f"source {self.options.source} has nothing to back up")
+                return int(bareosfd.bRC_Stop)
+        entry = self.files[self.index]
+        savepkt.fname = entry.name
+        savepkt.type = bareosfd.FT_REG
+        savepkt.no_read = False
+        savepkt.statp = bareosfd.StatPacket(mode=entry.mode, size=entry.size, atime=entry.mtime,
+                                            mtime=entry.mtime, ctime=entry.mtime)
+        return int(bareosfd.bRC_OK)
+
+    def end_backup_file(self) -> int:
+        """More items follow until the list is done."""
+        self.index += 1
+        if self.index < len(self.files) and not (self.failed or self.canceled):
+            return int(bareosfd.bRC_More)
+        return int(bareosfd.bRC_OK)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def plugin_io(self, iop: Any) -> int:
+        """IO_OPEN hands a pipe end to the core (do_io_in_core); IO_CLOSE finishes the item."""
+        try:
+            if iop.func == bareosfd.IO_OPEN:
+                self._io_open(iop)
+            elif iop.func == bareosfd.IO_CLOSE:
+                self._io_close()
+                iop.status = 0
+            elif iop.func == bareosfd.IO_SEEK:
+                raise StorageError(f"the core asked to seek in the data pipe of {self.io_name}",
+                                   what_to_do="do not enable sparse=yes in the FileSet Options of this plugin")
+            else:
+                raise ProtocolError(f"plugin_io function {iop.func} called though the core does the I/O")
+            return int(bareosfd.bRC_OK)
+        except BareosHyperVError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self.log.debug(DEBUG_TRACE, traceback.format_exc())
+            self._fail(ProtocolError(f"internal error in plugin_io: {type(exc).__name__}: {exc}"))
+        iop.status = -1
+        iop.io_errno = errno.EIO
+        return int(bareosfd.bRC_Error)
+
+    def _io_open(self, iop: Any) -> None:
+        if self.kind is JobKind.BACKUP:
+            entry = self.files[self.index]
+            _reply, fds = self._agent().request(OpenFile(name=entry.name), PipeReady, what=f"opening {entry.name}")
+            if len(fds) != 1:
+                close_fds(fds)
+                raise ProtocolError(f"the agent sent {len(fds)} descriptors for {entry.name}, expected 1")
+            name, fd = entry.name, fds[0]
+        else:
+            name = str(iop.fname)
+            fd = self.pending.pop(name, -1)
+            if fd < 0:
+                raise ProtocolError(f"IO_OPEN for {name}, which create_file did not prepare")
+        self.io_fd, self.io_name = fd, name
+        iop.filedes = fd
+        iop.status = bareosfd.iostat_do_in_core
+
+    def _io_close(self) -> None:
+        fd, self.io_fd = self.io_fd, -1
+        if fd >= 0:
+            # Restore: closing the write end is the EOF the agent waits for; backup: we are done reading.
+            os.close(fd)
+        if self.canceled or self.failed or self.agent is None:
+            return
+        done, _ = self.agent.request(CloseFile(name=self.io_name), FileDone, what=f"finishing {self.io_name}")
+        self.log.debug(DEBUG_TRACE, f"{done.name}: {done.bytes} bytes in {done.seconds:.1f} s, "
+                                    f"sha256 {done.sha256}")
+
+    # -- restore ---------------------------------------------------------------------------------
+
+    @_callback
+    def start_restore_file(self, cmd: str) -> int:
+        """Start the agent for the restore on the first item."""
+        self._ensure_agent(JobKind.RESTORE)
+        return int(bareosfd.bRC_OK)
+
+    def end_restore_file(self) -> int:
+        """Nothing left to do per item (IO_CLOSE finished it)."""
+        return int(bareosfd.bRC_OK)
+
+    def _replace_allowed(self, target: str, replace: int, mtime: int) -> bool:
+        """Bareos's replace policy for an existing target; False means skip the item."""
+        try:
+            existing = os.lstat(target).st_mtime
+        except FileNotFoundError:
+            return True
+        if replace == REPLACE_NEVER:
+            self.log.info(f"File skipped. Already exists: {target}")
+            return False
+        if replace == REPLACE_IFNEWER and mtime <= existing:
+            self.log.info(f"File skipped. Not newer: {target}")
+            return False
+        if replace == REPLACE_IFOLDER and mtime >= existing:
+            self.log.info(f"File skipped. Not older: {target}")
+            return False
+        return True
+
+    @_callback
+    def create_file(self, restorepkt: Any) -> int:
+        """Ask the agent for a pipe into the destination; the core extracts into it."""
+        agent = self._ensure_agent(JobKind.RESTORE)
+        target = str(restorepkt.ofname)
+        if restorepkt.type != bareosfd.FT_REG:
+            self.log.warning(f"{target}: only regular files are restored by this plugin; skipped")
+            restorepkt.create_status = bareosfd.CF_SKIP
+            return int(bareosfd.bRC_OK)
+        statp = restorepkt.statp
+        if not self._replace_allowed(target, int(restorepkt.replace), int(statp.st_mtime)):
+            restorepkt.create_status = bareosfd.CF_SKIP
+            return int(bareosfd.bRC_OK)
+        msg = CreateFile(name=target, target=target, size=int(statp.st_size), mtime=int(statp.st_mtime),
+                         mode=int(statp.st_mode), replace=True)
+        _, fds = agent.request(msg, PipeReady, what=f"preparing the restore of {target}")
+        if len(fds) != 1:
+            close_fds(fds)
+            raise ProtocolError(f"the agent sent {len(fds)} descriptors for {target}, expected 1")
+        close_fds([self.pending.pop(target, -1)])
+        self.pending[target] = fds[0]
+        restorepkt.create_status = bareosfd.CF_EXTRACT
+        return int(bareosfd.bRC_OK)
+
+    def set_file_attributes(self, restorepkt: Any) -> int:
+        """The agent sets mode and mtime when it completes the file."""
+        return int(bareosfd.bRC_OK)
+
+    # -- callbacks with nothing to do ------------------------------------------------------------
+
+    def check_file(self, fname: str) -> int:
+        """Accurate mode: items of earlier jobs are not reported deleted."""
+        return int(bareosfd.bRC_Seen)
+
+    def get_acl(self, aclpkt: Any) -> int:
+        """No ACLs for plugin items."""
+        return int(bareosfd.bRC_OK)
+
+    def set_acl(self, aclpkt: Any) -> int:
+        """No ACLs for plugin items."""
+        return int(bareosfd.bRC_OK)
+
+    def get_xattr(self, xattrpkt: Any) -> int:
+        """No extended attributes for plugin items."""
+        return int(bareosfd.bRC_OK)
+
+    def set_xattr(self, xattrpkt: Any) -> int:
+        """No extended attributes for plugin items."""
+        return int(bareosfd.bRC_OK)
+
+    def restore_object_data(self, rop: Any) -> int:
+        """No restore objects yet."""
+        return int(bareosfd.bRC_OK)
+
+    def handle_backup_file(self, savepkt: Any) -> int:
+        """Not an Options-block plugin."""
+        return int(bareosfd.bRC_OK)

@@ -1,0 +1,218 @@
+"""Recovery checkpoints and reference points: the consistent point a backup reads from.
+
+Flow (``hyperv-wmi.md`` §4): ``CreateSnapshot`` with ``SnapshotType`` 32768 (a
+*recovery* checkpoint, hidden from Hyper-V Manager) freezes every disk under a new
+differencing child; the backup reads the frozen parents; then the checkpoint is
+converted to a reference point (kept for the next incremental) on success or
+destroyed on failure.  Checkpoints are named ``bareos-hyperv job <id>`` so that a
+later job can recognise and remove the ones an interrupted job of *this* plugin
+left behind, without touching other products' recovery checkpoints.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from bareos_hyperv.errors import ConfigurationError, HyperVError
+from bareos_hyperv.hyperv import constants as C
+from bareos_hyperv.hyperv.jobs import JobFailedError, JobFollower
+from bareos_hyperv.hyperv.services import HostServices
+from bareos_hyperv.model.vm import PowerState
+from bareos_hyperv.wsman.cim import CimInstance, EmbeddedInstance, EndpointReference
+
+log = logging.getLogger("bareos_hyperv.hyperv.checkpoints")
+
+SNAPSHOT_TYPE_RECOVERY = 32768
+CONSISTENCY_APPLICATION = 1  # Msvm_VirtualSystemSnapshotSettingData.ConsistencyLevel
+CONSISTENCY_CRASH = 2
+NAME_PREFIX = "bareos-hyperv job "
+SNAPSHOT_SETTINGS_CLASS = "Msvm_VirtualSystemSnapshotSettingData"
+
+
+class Consistency(enum.Enum):
+    """The ``consistency`` option."""
+
+    APPLICATION = "application"  # try application-consistent, fall back to crash with a warning
+    APPLICATION_REQUIRED = "application-required"  # fail the VM when the guest cannot quiesce
+    CRASH = "crash"
+
+    @classmethod
+    def parse(cls, text: str) -> Consistency:
+        """Parse the option value; ConfigurationError names the allowed values."""
+        for member in cls:
+            if member.value == text.strip().lower():
+                return member
+        raise ConfigurationError(
+            f"consistency={text} is not a known consistency level",
+            what_to_do="use consistency=application (default), application-required or crash",
+        )
+
+
+class Achieved(enum.Enum):
+    """What a checkpoint actually captured (recorded in the manifest)."""
+
+    APPLICATION = "application"
+    CRASH = "crash"
+    COLD = "cold"  # the VM was off or saved: the disks were not changing
+
+
+@dataclass
+class Checkpoint:
+    """A recovery checkpoint of one VM: its settings object and the frozen disk files."""
+
+    vm_guid: str
+    instance_id: str
+    epr: EndpointReference
+    achieved: Achieved
+    frozen_disks: list[str] = field(default_factory=list)  # SASD HostResource of the snapshot settings
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReferencePoint:
+    """An RCT reference point: the baseline of the next incremental, with an RCT id per disk."""
+
+    instance_id: str
+    epr: EndpointReference
+    rct_ids: dict[str, str] = field(default_factory=dict)  # virtual disk identifier -> RCT id
+
+
+def _snapshot_settings(level: int) -> EmbeddedInstance:
+    inst = CimInstance(SNAPSHOT_SETTINGS_CLASS, {"ConsistencyLevel": level, "IgnoreNonSnapshottableDisks": True})
+    return EmbeddedInstance(inst, {"ConsistencyLevel": "uint8", "IgnoreNonSnapshottableDisks": "boolean"})
+
+
+class CheckpointManager:
+    """Create, list, name, convert and destroy recovery checkpoints of VMs on one host."""
+
+    def __init__(self, services: HostServices, *, timeout: float = 1800.0,
+                 should_cancel: Optional[Callable[[], bool]] = None) -> None:
+        self.services = services
+        self.client = services.client
+        self.jobs = JobFollower(self.client)
+        self.timeout = timeout
+        self.should_cancel = should_cancel
+
+    def create(self, vm_epr: EndpointReference, vm_guid: str, state: PowerState, consistency: Consistency,
+               job_id: int) -> Checkpoint:
+        """Take a recovery checkpoint with the requested consistency (``hyperv-wmi.md`` §4.1).
+
+        A running VM is asked for application consistency first unless ``crash`` was
+        requested; when the guest cannot quiesce, ``application`` falls back to crash
+        consistency with a warning and ``application-required`` fails.  A VM that is
+        off or saved is captured cold (its disks are not changing).
+        """
+        warnings: list[str] = []
+        if not state.guest_active:
+            level, achieved = CONSISTENCY_CRASH, Achieved.COLD
+        elif consistency is Consistency.CRASH:
+            level, achieved = CONSISTENCY_CRASH, Achieved.CRASH
+        else:
+            level, achieved = CONSISTENCY_APPLICATION, Achieved.APPLICATION
+        try:
+            result = self._create(vm_epr, level)
+        except JobFailedError as exc:
+            if level != CONSISTENCY_APPLICATION or consistency is Consistency.APPLICATION_REQUIRED:
+                if consistency is Consistency.APPLICATION_REQUIRED:
+                    raise HyperVError(
+                        "the guest could not make an application-consistent checkpoint",
+                        context={"host": self.services.node, "vm": vm_guid, "hyper-v": exc.message},
+                        what_to_do="check the Hyper-V Volume Shadow Copy Requestor (backup integration "
+                        "service) in the guest, or allow a fallback with consistency=application",
+                    ) from exc
+                raise
+            warnings.append(
+                f"application-consistent checkpoint failed ({exc.message}); "
+                "fell back to a crash-consistent checkpoint"
+            )
+            log.warning("VM %s: %s", vm_guid, warnings[-1])
+            level, achieved = CONSISTENCY_CRASH, Achieved.CRASH
+            result = self._create(vm_epr, level)
+        snap = result
+        if snap.epr is None:
+            raise HyperVError("Hyper-V returned a checkpoint without its reference",
+                              context={"host": self.services.node, "vm": vm_guid})
+        checkpoint = Checkpoint(vm_guid=vm_guid, instance_id=snap.str("InstanceID"), epr=snap.epr,
+                                achieved=achieved, warnings=warnings)
+        self._name(snap, job_id)
+        checkpoint.frozen_disks = self.disk_paths(snap.epr)
+        return checkpoint
+
+    def _create(self, vm_epr: EndpointReference, level: int) -> CimInstance:
+        result = self.jobs.call(
+            self.services.snapshots, "CreateSnapshot",
+            [("AffectedSystem", vm_epr), ("SnapshotSettings", _snapshot_settings(level)),
+             ("SnapshotType", SNAPSHOT_TYPE_RECOVERY)],
+            timeout=self.timeout, should_cancel=self.should_cancel, out_types={"SnapshotType": "uint16"},
+        )
+        found = result.resulting("ResultingSnapshot", C.VSSD)
+        if not found:
+            raise HyperVError("CreateSnapshot finished but no checkpoint can be found",
+                              context={"host": self.services.node, "job": result.job_id},
+                              what_to_do="look for a recovery checkpoint on the VM and remove it; retry")
+        return found[0]
+
+    def _name(self, snap: CimInstance, job_id: int) -> None:
+        """Rename the checkpoint so that a later job can recognise it as ours."""
+        renamed = CimInstance(C.VSSD, {"InstanceID": snap.str("InstanceID"), "ElementName": f"{NAME_PREFIX}{job_id}"})
+        self.jobs.call(self.services.management, "ModifySystemSettings",
+                       [("SystemSettings", EmbeddedInstance(renamed, {"InstanceID": "string",
+                                                                      "ElementName": "string"}))],
+                       timeout=self.timeout)
+
+    def disk_paths(self, settings_epr: EndpointReference) -> list[str]:
+        """Files of the virtual hard disks of a settings object (checkpoint or live VM)."""
+        devices = self.client.associators(settings_epr, assoc_class=C.VSSD_COMPONENT, result_class=C.SASD)
+        paths = []
+        for dev in devices:
+            if (dev.opt_str("ResourceSubType") or "") == C.SubType.VIRTUAL_HARD_DISK:
+                hosts = dev.strs("HostResource")
+                if hosts:
+                    paths.append(hosts[0])
+        return paths
+
+    def list_ours(self, vm_epr: EndpointReference) -> list[CimInstance]:
+        """Recovery checkpoints of the VM that this plugin created (by name)."""
+        snaps = self.client.associators(vm_epr, assoc_class=C.SNAPSHOT_OF_VS, result_class=C.VSSD)
+        return [s for s in snaps
+                if s.opt_str("VirtualSystemType") == C.VirtualSystemType.SNAPSHOT_RECOVERY
+                and (s.opt_str("ElementName") or "").startswith(NAME_PREFIX)]
+
+    def destroy(self, snapshot_epr: EndpointReference) -> None:
+        """Delete a checkpoint; Hyper-V merges its differencing disks back."""
+        self.jobs.call(self.services.snapshots, "DestroySnapshot", [("AffectedSnapshot", snapshot_epr)],
+                       timeout=self.timeout)
+
+    def remove_stale(self, vm_epr: EndpointReference) -> list[str]:
+        """Destroy recovery checkpoints an earlier, interrupted job of this plugin left; their names."""
+        removed = []
+        for snap in self.list_ours(vm_epr):
+            if snap.epr is not None:
+                self.destroy(snap.epr)
+                removed.append(snap.opt_str("ElementName") or snap.str("InstanceID"))
+        return removed
+
+    def to_reference_point(self, checkpoint: Checkpoint) -> ReferencePoint:
+        """Convert the checkpoint into a reference point (the checkpoint disappears, disks merge)."""
+        result = self.jobs.call(self.services.snapshots, "ConvertToReferencePoint",
+                                [("AffectedSnapshot", checkpoint.epr)], timeout=self.timeout)
+        found = result.resulting("ResultingReferencePoint", C.REFERENCE_POINT)
+        rp = found[0] if found else None
+        if rp is None or rp.epr is None:
+            raise HyperVError("ConvertToReferencePoint finished but no reference point can be found",
+                              context={"host": self.services.node, "vm": checkpoint.vm_guid})
+        disks = rp.strs("VirtualDiskIdentifiers")
+        rcts = rp.strs("ResilientChangeTrackingIdentifiers")
+        return ReferencePoint(instance_id=rp.str("InstanceID"), epr=rp.epr, rct_ids=dict(zip(disks, rcts)))
+
+    def reference_points(self, vm_epr: EndpointReference) -> list[CimInstance]:
+        """Reference points of the VM."""
+        return self.client.associators(vm_epr, assoc_class=C.REFERENCE_POINT_OF_VS, result_class=C.REFERENCE_POINT)
+
+    def destroy_reference_point(self, epr: EndpointReference) -> None:
+        """Drop a baseline that is no longer needed."""
+        self.jobs.call(self.services.reference_points, "DestroyReferencePoint",
+                       [("AffectedReferencePoint", epr)], timeout=self.timeout)
