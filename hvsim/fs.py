@@ -24,7 +24,7 @@ _DRIVE = re.compile(r"^([A-Za-z]):\\")
 class NodeFileSystem:
     r"""Maps one node's host paths (``C:\...``) to local directories."""
 
-    def __init__(self, root: Path, node: str, csv_root: Path) -> None:
+    def __init__(self, root: Path, node: str, csv_root: Path, *, clustered: bool = True) -> None:
         self.root = root
         self.node = node
         self.base = root / "nodes" / node
@@ -32,7 +32,8 @@ class NodeFileSystem:
         c_drive = self.base / "C"
         c_drive.mkdir(parents=True, exist_ok=True)
         link = c_drive / "ClusterStorage"
-        if not link.exists() and not link.is_symlink():
+        # Only cluster nodes see the shared volumes; a standalone host has no C:\ClusterStorage.
+        if clustered and not link.exists() and not link.is_symlink():
             link.symlink_to(os.path.relpath(csv_root, c_drive), target_is_directory=True)
 
     def drive_dir(self, letter: str) -> Path:
@@ -69,11 +70,11 @@ class ClusterFileSystem:
         self.csv_root.mkdir(parents=True, exist_ok=True)
         self._nodes: dict[str, NodeFileSystem] = {}
 
-    def node(self, name: str) -> NodeFileSystem:
-        """The filesystem of one node (created on first use)."""
+    def node(self, name: str, *, clustered: bool = True) -> NodeFileSystem:
+        """The filesystem of one node (created on first use; ``clustered`` decides whether CSVs appear)."""
         key = name.upper()
         if key not in self._nodes:
-            self._nodes[key] = NodeFileSystem(self.root, key, self.csv_root)
+            self._nodes[key] = NodeFileSystem(self.root, key, self.csv_root, clustered=clustered)
         return self._nodes[key]
 
     def csv_volume(self, number: int) -> Path:

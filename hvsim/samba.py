@@ -348,7 +348,8 @@ class SambaServer:
             # per-connection children keep the name "smbd".
             comm = stat[stat.find("(") + 1 : stat.rfind(")")]
             fields = stat[stat.rfind(")") + 2 :].split()
-            if int(fields[1]) == self._proc.pid and comm == "smbd":
+            # A killed child stays a zombie until smbd reaps it: it no longer serves anyone.
+            if int(fields[1]) == self._proc.pid and comm == "smbd" and fields[0] != "Z":
                 pids.append(int(entry.name))
         return pids
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.model.cluster import ClusterFacts, ClusterNode, NodeState, SharedVolume, VmGroup
-from bareos_hyperv.wsman.cim import CimInstance, parse_cimxml
+from bareos_hyperv.wsman.cim import CimInstance, EndpointReference, parse_cimxml
 from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.errors import InvalidFilterFault, NotFoundFault
 
@@ -92,14 +92,34 @@ def owner_node(client: CimClient, vm_guid: str) -> Optional[str]:
     return None
 
 
+def _links(client: CimClient, assoc_class: str) -> dict[str, list[EndpointReference]]:
+    """Instances of an association class as ``GroupComponent`` key -> ``PartComponent`` references."""
+    links: dict[str, list[EndpointReference]] = {}
+    for link in client.enumerate(C.NS_CLUSTER, assoc_class):
+        group = link.opt_ref("GroupComponent")
+        part = link.opt_ref("PartComponent")
+        if group is not None and part is not None:
+            links.setdefault(str(group.selector("Name") or "").lower(), []).append(part)
+    return links
+
+
 def shared_volumes(client: CimClient, root: str) -> list[SharedVolume]:
-    """Cluster shared volumes with path, size and free space (1 + one round trip per CSV)."""
+    """Cluster shared volumes with path, size, free space and owner (four round trips in all).
+
+    The CSV-to-partition and CSV-to-node links are enumerated as association instances
+    once, rather than asked per volume, so the cost does not grow with the number of CSVs.
+    """
+    partitions = {
+        str(p.opt_str("Path") or "").lower(): p for p in client.enumerate(C.NS_CLUSTER, C.CLUSTER_PARTITION)
+    }
+    to_partition = _links(client, C.CSV_TO_PARTITION)
+    to_node = _links(client, C.CSV_TO_NODE)
     volumes = []
     for csv in client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_CSV}"):
-        if csv.epr is None:
-            continue
-        parts = client.associators(csv.epr, assoc_class=C.CSV_TO_PARTITION)
-        part = parts[0] if parts else None
+        name = csv.opt_str("Name") or ""
+        part = None
+        for ref in to_partition.get(name.lower(), []):
+            part = partitions.get(str(ref.selector("Path") or "").lower())
         path = ""
         total = free = 0
         if part is not None:
@@ -108,15 +128,9 @@ def shared_volumes(client: CimClient, root: str) -> list[SharedVolume]:
             path = candidates[0].rstrip("\\") if candidates else (part.opt_str("Path") or "")
             total = (part.opt_int("TotalSize") or 0) * _MB
             free = (part.opt_int("FreeSpace") or 0) * _MB
-        volumes.append(
-            SharedVolume(
-                name=csv.opt_str("Name") or "",
-                path=path,
-                total_bytes=total,
-                free_bytes=free,
-                owner_node=(csv.opt_str("OwnerNode") or "").upper() or None,
-            )
-        )
+        owners = [str(r.selector("Name") or "").upper() for r in to_node.get(name.lower(), [])]
+        volumes.append(SharedVolume(name=name, path=path, total_bytes=total, free_bytes=free,
+                                    owner_node=owners[0] if owners else None))
     volumes.sort(key=lambda v: v.path.lower())
     return volumes
 

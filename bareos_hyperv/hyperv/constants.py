@@ -48,6 +48,7 @@ CLUSTER_RESOURCE = "MSCluster_Resource"
 CLUSTER_CSV = "MSCluster_ClusterSharedVolume"
 CLUSTER_PARTITION = "MSCluster_DiskPartition"
 CSV_TO_PARTITION = "MSCluster_ClusterSharedVolumeToPartition"
+CSV_TO_NODE = "MSCluster_ClusterSharedVolumeToNode"
 GROUP_TYPE_VIRTUAL_MACHINE = 111
 RESOURCE_TYPE_VM = "Virtual Machine"
 

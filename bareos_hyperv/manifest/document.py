@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar, cast
 
 from lxml import etree
 
@@ -102,6 +102,7 @@ _FORMAT_NAMES = {DiskFormat.VHD: "VHD", DiskFormat.VHDX: "VHDX", DiskFormat.VHDS
 _TYPE_NAMES = {DiskType.FIXED: "Fixed", DiskType.DYNAMIC: "Dynamic", DiskType.DIFFERENCING: "Differencing"}
 
 _E = TypeVar("_E")
+_NSMAP: Dict[Any, str] = {None: NAMESPACE}  # default namespace; lxml-stubs only allow str prefixes
 
 
 @dataclass
@@ -160,7 +161,8 @@ def _schema_problems(root: etree._Element) -> List[str]:
     if checker.validate(root):
         return []
     problems = []
-    for entry in checker.error_log:
+    # lxml-stubs do not declare _ErrorLog iterable; its entries are _LogEntry (line, message).
+    for entry in cast("Iterable[Any]", checker.error_log):
         message = entry.message.replace(f"{{{NAMESPACE}}}", "").rstrip(".")
         problems.append(f"line {entry.line}: {message}")
     return problems
@@ -177,7 +179,7 @@ def to_xml(manifest: Manifest) -> bytes:
     """
     what = f"the manifest of VM {manifest.vm.ref} for job {manifest.backup.job_id}"
     _check_semantics(manifest, what, reading=False)
-    root = etree.Element(_q("manifest"), nsmap={None: NAMESPACE})
+    root = etree.Element(_q("manifest"), nsmap=_NSMAP)
     _set(root, "version", SCHEMA_VERSION)
     _write_backup(root, manifest.backup)
     _write_vm(root, manifest.vm, manifest.controllers)
@@ -225,8 +227,8 @@ def _sub(parent: etree._Element, tag: str, text: object = None, **attributes: ob
     if text is not None:
         value = ("true" if text else "false") if isinstance(text, bool) else str(text)
         child.text = _safe(value, tag)
-    for name, value in attributes.items():
-        _set(child, name, value)
+    for name, attribute in attributes.items():
+        _set(child, name, attribute)
     return child
 
 
@@ -414,7 +416,10 @@ def _write_payload(parent: etree._Element, tag: str, captured: CapturedSettings)
     if _NOT_XML_CHAR.search(text) is None:
         _set(element, "encoding", "text")
         # CDATA keeps the CIM-XML readable; it cannot hold "]]>" and parsers turn its \r into \n.
-        element.text = etree.CDATA(text) if text and "]]>" not in text and "\r" not in text else text
+        if text and "]]>" not in text and "\r" not in text:
+            element.text = cast(str, etree.CDATA(text))  # lxml accepts CDATA objects as text
+        else:
+            element.text = text
     else:
         _set(element, "encoding", "base64")
         element.text = base64.b64encode(raw).decode("ascii")
@@ -471,7 +476,7 @@ def from_xml(data: bytes, *, source: str) -> Manifest:
         raise ManifestError(
             f"manifest {source} is not well-formed XML: {exc}", what_to_do=_READ_ADVICE, context={"file": source}
         ) from None
-    if tree.docinfo.doctype:
+    if getattr(tree.docinfo, "doctype", ""):
         raise ManifestError(
             f"manifest {source} has a DOCTYPE declaration, which bareos-hyperv never writes",
             what_to_do=_READ_ADVICE,
@@ -697,7 +702,9 @@ class _Reader:
             snapshot_root=self.text(element, "snapshotRoot"),
             drives=[self.drive(d) for d in self.each(element, "drives", "drive")],
             adapters=[self.adapter(a) for a in self.each(element, "adapters", "adapter")],
-            secure_boot=None if secure_boot is None else self.bool_of(secure_boot, secure_boot.text or "", "secureBoot"),
+            secure_boot=(
+                None if secure_boot is None else self.bool_of(secure_boot, secure_boot.text or "", "secureBoot")
+            ),
             notes=self.text(element, "notes"),
         )
 

@@ -423,11 +423,11 @@ def _copy(element: etree._Element | None) -> etree._Element | None:
 def _decode_outputs(outputs: CimInstance, out_types: Mapping[str, str]) -> None:
     """Parse embedded CIM-XML strings and convert typed out parameters in place."""
     types = {k.lower(): v for k, v in out_types.items()}
-    for name, cim_type in out_types.items():
+    for name, declared in out_types.items():
         # WS-Man leaves an empty array (and often a NULL) out of the _OUTPUT element
         # altogether: a typed out parameter that is absent is an empty array / None.
         if name not in outputs:
-            outputs.set(name, [] if cim_type.endswith("[]") else None, cim_type)
+            outputs.set(name, [] if declared.endswith("[]") else None, declared)
     for name, value in outputs.items():
         cim_type = types.get(name.lower())
         if cim_type is not None:

@@ -123,8 +123,17 @@ class WsmanFault(WsmanError):
         self.wmi_error = wmi_error
         operation = action.rsplit("/", 1)[-1]
         text = reason or wsman_message or provider_message or "no details returned by the server"
+        extra: list[str] = []
+        for detail in (wsman_message, provider_message):
+            if not detail or detail in text:
+                continue
+            if text in detail:
+                # WinRM often repeats the reason and then adds the useful part ("Unexpected: X").
+                text = detail
+            else:
+                extra.append(detail)
+        extra = [m for m in extra if m not in text]
         message = f"WS-Management {operation} on {host} failed: {text}"
-        extra = [m for m in (wsman_message, provider_message) if m and m != text and m not in text]
         if extra:
             message += " " + " ".join(dict.fromkeys(extra))
         context: Dict[str, object] = {

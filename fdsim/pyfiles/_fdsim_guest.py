@@ -271,11 +271,12 @@ class Guest:
 
 def _leftover_threads() -> List[str]:
     """Join the plugin's non-daemon threads (as Py_EndInterpreter would) and name survivors."""
-    me = threading.current_thread()
+    # On 3.13 the interpreter's "main thread" object is not the serving thread: skip both.
+    mine = {threading.current_thread(), threading.main_thread()}
     for thread in threading.enumerate():
-        if thread is not me and not thread.daemon:
+        if thread not in mine and not thread.daemon:
             thread.join(_THREAD_JOIN_SECONDS)
-    return [t.name for t in threading.enumerate() if t is not me and t.is_alive()]
+    return [t.name for t in threading.enumerate() if t not in mine and t.is_alive()]
 
 
 def serve(rfd: int, wfd: int, cancel_rfd: int, cancel_wfd: int) -> None:

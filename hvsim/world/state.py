@@ -407,7 +407,7 @@ class World:
                 node.cluster = self.cluster.name
                 self.cluster.nodes.append(key)
             self.nodes[key] = node
-            self.fs.node(key)
+            self.fs.node(key, clustered=cluster)
             return node
 
     def add_cluster(self, name: str, *, domain: str = "example.test") -> Cluster:

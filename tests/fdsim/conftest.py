@@ -3,7 +3,8 @@
 The test plugin (``bareos-fd-testfiles.py``, standard library only) backs up the items of a
 JSON spec file, restores them below ``where``, and appends one JSON line per thing it saw
 (events, options, packets, restore objects, thread ids) to a log file the test reads back.
-Options select its behaviour: ``spec`` (items, and names check_file keeps), ``log``, ``restore_io`` (plugin|core), ``create``
+Options select its behaviour: ``spec`` (items, and names check_file keeps), ``log``,
+``restore_io`` (plugin|core), ``create``
 (extract|core), ``keep`` ``fail_at``, ``misbehave``.
 """
 

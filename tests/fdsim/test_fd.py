@@ -115,7 +115,7 @@ def test_incremental_uses_since_time_and_restore_merges_full_and_incremental(env
     assert incr.status == "T", incr.log()
     assert [f.fname for f in incr.files] == ["/@i/a"]
     assert any("Unchanged file skipped: /@i/b" in t for t in incr.texts(bfd.M_SKIPPED))
-    start_job = [e for e in env.log_of("event") if e["event"] == bfd.bEventStartBackupJob][0]
+    start_job = next(e for e in env.log_of("event") if e["event"] == bfd.bEventStartBackupJob)
     assert start_job["since"] == env.sim.store.job(full.jobid).start_time
     assert start_job["level"] == ord("I") and start_job["type"] == ord("B")
     init = env.log_of("init")[0]

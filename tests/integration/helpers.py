@@ -24,9 +24,9 @@ from hvsim.world.scenario import MiB, default_world
 from hvsim.world.state import Vm
 
 __all__ = [
+    "JOB_TIMEOUT",
     "NS_CLUSTER",
     "NS_VIRT",
-    "JOB_TIMEOUT",
     "SMALL_DISK",
     "connector",
     "follower",

@@ -34,6 +34,7 @@ def test_cluster_inventory_over_ntlm_encrypted_http(sim: Simulation) -> None:
     assert [n.name for n in inv.cluster.nodes] == ["HV01", "HV02"]
     assert [v.path for v in inv.cluster.volumes] == ["C:\\ClusterStorage\\Volume1", "C:\\ClusterStorage\\Volume2"]
     assert all(v.total_bytes > v.free_bytes > 0 for v in inv.cluster.volumes)
+    assert [v.owner_node for v in inv.cluster.volumes] == ["HV01", "HV02"]
     names = {vm.ref.name: vm for vm in inv.vms}
     assert set(names) == {"web01", "db01", "file01"}
     web = names["web01"]

@@ -25,7 +25,7 @@ from bareos_hyperv.hyperv.jobs import (
     JobVanishedError,
     MethodFailedError,
 )
-from bareos_hyperv.wsman.cim import CimInstance, EmbeddedInstance, EndpointReference, to_cimxml
+from bareos_hyperv.wsman.cim import CimInstance, CimValue, EmbeddedInstance, EndpointReference, to_cimxml
 from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.errors import InternalErrorFault, NotFoundFault
 from hvsim.simulation import Simulation
@@ -340,9 +340,10 @@ def test_define_add_remove_destroy(conn: Connector, estate: Simulation, tmp_path
     assert vssd.str("VirtualSystemSubType") == "Microsoft:Hyper-V:SubType:2"
     controller = one([s for s in vm_settings(hv01, vssd) if s.opt_int("ResourceType") == 6], "SCSI controller")
 
-    drive = CimInstance("Msvm_ResourceAllocationSettingData", {
+    drive_props: dict[str, CimValue] = {
         "ResourceType": 17, "ResourceSubType": DISK_DRIVE, "AddressOnParent": "0",
-        "Parent": object_path("HV01", _epr(controller))}, types={"ResourceType": "uint16"})
+        "Parent": object_path("HV01", _epr(controller))}
+    drive = CimInstance("Msvm_ResourceAllocationSettingData", drive_props, types={"ResourceType": "uint16"})
     added = _call(hv01, vsms, "AddResourceSettings",
                   [("AffectedConfiguration", _epr(vssd)), ("ResourceSettings", [EmbeddedInstance(drive)])])
     (drive_ref,) = added.outputs.refs("ResultingResourceSettings")
@@ -354,9 +355,9 @@ def test_define_add_remove_destroy(conn: Connector, estate: Simulation, tmp_path
     local = estate.world.local("HV01", vhdx)
     local.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(local), "8M"], check=True)
-    disk = CimInstance(SASD, {"ResourceType": 31, "ResourceSubType": VIRTUAL_HARD_DISK,
-                              "Parent": object_path("HV01", drive_ref), "HostResource": [vhdx]},
-                       types={"ResourceType": "uint16"})
+    disk_props: dict[str, CimValue] = {"ResourceType": 31, "ResourceSubType": VIRTUAL_HARD_DISK,
+                                       "Parent": object_path("HV01", drive_ref), "HostResource": [vhdx]}
+    disk = CimInstance(SASD, disk_props, types={"ResourceType": "uint16"})
     added = _call(hv01, vsms, "AddResourceSettings",
                   [("AffectedConfiguration", _epr(vssd)), ("ResourceSettings", [EmbeddedInstance(disk)])])
     (disk_ref,) = added.outputs.refs("ResultingResourceSettings")
@@ -419,7 +420,8 @@ def test_standard_snapshot_cannot_become_a_reference_point(conn: Connector) -> N
 
 
 def test_app_consistent_snapshot_needs_the_guest(conn: Connector, estate: Simulation) -> None:
-    estate.world.add_vm("HV01", "novss01", state="running", guest_vss=False, root="C:\\ClusterStorage\\Volume1\\novss01",
+    estate.world.add_vm("HV01", "novss01", state="running", guest_vss=False,
+                        root="C:\\ClusterStorage\\Volume1\\novss01",
                         disks_=[DiskSpec("C:\\ClusterStorage\\Volume1\\novss01\\d.vhdx", size=SMALL_DISK)])
     hv01 = conn.client("HV01")
     vm = vm_instance(hv01, "novss01")
@@ -449,7 +451,7 @@ def test_reference_point_lifecycle(conn: Connector, estate: Simulation) -> None:
     assert hv01.associators(_epr(web), assoc_class="Msvm_SnapshotOfVirtualSystem") == []
     listed = hv01.associators(_epr(web), assoc_class="Msvm_ReferencePointOfVirtualSystem")
     assert [r.epr for r in listed] == [rp.epr]
-    world_rp = one(list(estate.world.reference_points("web01")), "world reference point")  # type: ignore[arg-type]
+    (world_rp,) = estate.world.reference_points("web01")
     assert list(world_rp.rct_ids) == rct
 
     _call(hv01, service(hv01, RP_SERVICE), "DestroyReferencePoint", [("AffectedReferencePoint", _epr(rp))])
@@ -544,7 +546,8 @@ def test_get_virtual_disk_changes_after_guest_writes(conn: Connector, estate: Si
     assert changes[data] == ([], [])
     with pytest.raises(MethodFailedError) as unknown:
         _call(hv01, images, "GetVirtualDiskChanges",
-              [("Path", frozen[0].strs("HostResource")[0]), ("LimitId", "rctX:not-a-known-id"), ("ByteOffset", 0), ("ByteLength", size)])
+              [("Path", frozen[0].strs("HostResource")[0]), ("LimitId", "rctX:not-a-known-id"),
+               ("ByteOffset", 0), ("ByteLength", size)])
     assert unknown.value.return_value == 32773
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from bareos_hyperv.wsman.cim import EndpointReference
+from bareos_hyperv.wsman.cim import CimInstance, EndpointReference
 from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.errors import (
     EncodingLimitFault,
@@ -49,7 +49,7 @@ def hv01(estate: Simulation) -> Iterator[CimClient]:
     estate.faults.clear()
 
 
-def _ids(items: list) -> set[str]:
+def _ids(items: list[CimInstance]) -> set[str]:
     return {str(i.get("InstanceID")) for i in items}
 
 
@@ -111,6 +111,7 @@ def test_get_with_a_wrong_selector_name_is_invalid_selectors(hv01: CimClient) ->
     assert fault.fault_detail is not None and fault.fault_detail.endswith("UnexpectedSelectors")
     assert fault.machine == "HV01"
     assert "VmName" in str(fault)
+    assert str(fault).count("invalid selectors") == 1  # WinRM's repeated reason is not doubled
 
 
 def test_get_with_a_missing_key_is_invalid_selectors(hv01: CimClient) -> None:

@@ -1,0 +1,86 @@
+"""Plugin options: declared types, first value wins, every problem named with what to write."""
+
+from __future__ import annotations
+
+import pytest
+
+from bareos_hyperv.errors import ConfigurationError
+from bareos_hyperv.fd.options import OPTIONS, PluginOptions, split_definition
+
+
+def test_split_follows_the_bareos_base_class() -> None:
+    items, warnings = split_definition(r"a=1: b = two :c=x\:y\:z:empty=::=v:")
+    assert items == [("a", "1"), ("b", "two"), ("c", "x:y:z")]
+    assert warnings == ["ignoring option 'empty' with no value"]
+
+
+def test_first_value_wins_across_definitions() -> None:
+    opts = PluginOptions()
+    opts.add_definition("source=files:paths=/restore-override:")
+    opts.add_definition("source=smb:paths=/backup-time:agent_timeout=9:")
+    assert opts.source == "files"
+    assert opts.get_str("paths") == "/restore-override"
+    assert opts.get_int("agent_timeout") == 9
+
+
+def test_unknown_option_is_named() -> None:
+    opts = PluginOptions()
+    with pytest.raises(ConfigurationError) as info:
+        opts.add_definition("source=files:pathz=/x:")
+    assert "unknown option 'pathz'" in str(info.value)
+    assert "paths" in (info.value.what_to_do or "")
+
+
+@pytest.mark.parametrize("word,value", [("yes", True), ("On", True), ("TRUE", True), ("1", True),
+                                        ("no", False), ("off", False), ("false", False), ("0", False)])
+def test_booleans(word: str, value: bool) -> None:
+    opts = PluginOptions()
+    opts.add("smb_encrypt", word)
+    assert opts.get_bool("smb_encrypt") is value
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "fragment"),
+    [("smb_encrypt", "maybe", "smb_encrypt=maybe is not a yes/no value"),
+     ("agent_timeout", "10s", "agent_timeout=10s is not a whole number"),
+     ("smb_port", "0x1bd", "smb_port=0x1bd is not a whole number"),
+     ("source", "tape", "source=tape is not one of files, smb")],
+)
+def test_bad_values_name_option_and_value(key: str, raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PluginOptions().add(key, raw)
+    assert fragment in str(info.value)
+
+
+def test_all_missing_mandatory_options_are_reported_together() -> None:
+    opts = PluginOptions()
+    opts.add_definition("source=smb:smb_share=C$:")
+    with pytest.raises(ConfigurationError) as info:
+        opts.check()
+    text = str(info.value)
+    assert "mandatory options smb_server, smb_paths, credentials_file not set" in text
+    assert "paths" not in text.replace("smb_paths", "")  # only the smb source's options
+
+
+def test_without_source_everything_any_source_needs_is_listed() -> None:
+    opts = PluginOptions()
+    assert opts.missing()[0] == "source"
+    assert set(opts.missing()) == {k for k, s in OPTIONS.items() if s.required_for and s.default is None}
+
+
+def test_restore_options_are_accepted_and_defaulted() -> None:
+    opts = PluginOptions()
+    assert opts.get_bool("restore_local") is True
+    opts.add_definition("restore_local=no:source=files:paths=/x:")
+    opts.check()
+    assert opts.get_bool("restore_local") is False
+    assert all(k.startswith("restore_") for k, s in OPTIONS.items() if "restore" in k)
+
+
+def test_agent_receives_strings_without_fd_only_options() -> None:
+    opts = PluginOptions()
+    opts.add_definition("source=files:paths=/a,/b:agent_python=/usr/bin/python3:smb_port=4455:")
+    sent = opts.for_agent()
+    assert sent["paths"] == "/a,/b" and sent["smb_port"] == "4455"
+    assert sent["smb_encrypt"] == "no" and sent["restore_local"] == "yes"
+    assert "agent_python" not in sent

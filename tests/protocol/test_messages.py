@@ -1,0 +1,119 @@
+"""Protocol messages: every type survives the wire, malformed bodies are refused, secrets stay hidden."""
+
+from __future__ import annotations
+
+import json
+from typing import List
+
+import pytest
+
+from bareos_hyperv.errors import ProtocolError, StorageError
+from bareos_hyperv.protocol.messages import (
+    CloseFile,
+    CreateFile,
+    EndJob,
+    ErrorReply,
+    FileDone,
+    FileEntry,
+    FileList,
+    Hello,
+    HelloReply,
+    JobDone,
+    JobKind,
+    JobStarted,
+    ListFiles,
+    LogLevel,
+    LogRecord,
+    Message,
+    OpenFile,
+    PipeReady,
+    Progress,
+    StartJob,
+    WireCredentials,
+    decode,
+    encode,
+    error_from_exception,
+    expect,
+)
+
+SECRET = "S3cret-Pa55word!"  # noqa: S105 - test value
+
+EXAMPLES: List[Message] = [
+    Hello(version=1, fd_pid=42),
+    StartJob(kind=JobKind.BACKUP, source="smb", jobid=7, job_name="j.2026", options={"a": "b", "ü": "ß"},
+             credentials=WireCredentials("admin", SECRET, "CORP"), where="/tmp/r"),
+    StartJob(kind=JobKind.RESTORE, source="files", jobid=8, job_name="r", options={}),
+    ListFiles(),
+    OpenFile(name="@files/a b/ü.bin"),
+    CreateFile(name="n", target="/t/n", size=2**40, mtime=1700000000, mode=0o100640, replace=False),
+    CloseFile(name="n"),
+    EndJob(),
+    HelloReply(version=1, pid=9, package_version="0.1.0", python="/usr/bin/python3"),
+    JobStarted(),
+    FileList(files=[FileEntry("a", 1, 2, 0o100600), FileEntry("b", 0, 0)]),
+    PipeReady(name="a", size=5),
+    FileDone(name="a", bytes=5, sha256="ab" * 32, seconds=0.25),
+    JobDone(files=1, bytes=5, peak_rss_kib=20000, seconds=1.0),
+    LogRecord(level=LogLevel.WARNING, text="careful"),
+    Progress(name="a", bytes=3),
+    ErrorReply(kind="storage", message="m", what_to_do="w", context={"path": "/x"}),
+]
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_json(msg: Message) -> None:
+    wire = json.loads(json.dumps(encode(msg)))
+    assert decode(wire) == msg
+    assert wire["type"] == msg.TYPE
+
+
+def test_every_message_type_has_a_distinct_wire_name() -> None:
+    names = [type(m).TYPE for m in EXAMPLES]
+    assert len(set(names)) == len({type(m) for m in EXAMPLES})
+
+
+def test_password_is_not_in_reprs() -> None:
+    creds = WireCredentials("admin", SECRET)
+    start = EXAMPLES[1]
+    assert SECRET not in repr(creds)
+    assert SECRET not in repr(start) and SECRET not in str(start)
+    assert "admin" in repr(creds)
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        ({"type": "nonsense", "body": {}}, "unknown protocol message type 'nonsense'"),
+        ({"body": {}}, "no message type"),
+        ({"type": "open_file", "body": {}}, "lacks the field name"),
+        ({"type": "open_file", "body": {"name": 5}}, "open_file.name should be a string"),
+        ({"type": "pipe_ready", "body": {"name": "a", "size": True}}, "should be an integer"),
+        ({"type": "log", "body": {"level": "loud", "text": "x"}}, "one of"),
+        ({"type": "file_list", "body": {"files": [{"name": "a"}]}}, "lacks the field size"),
+        ({"type": "start_job", "body": {"kind": "backup", "source": "s", "jobid": 1, "job_name": "j",
+                                        "options": {"a": 1}}}, "options.a should be a string"),
+        ({"type": "hello", "body": []}, "should be an object"),
+    ],
+)
+def test_malformed_messages_are_refused_with_the_field_named(frame: object, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(frame)
+    assert fragment in str(info.value)
+
+
+def test_error_reply_keeps_kind_hint_and_context_of_our_errors() -> None:
+    reply = error_from_exception(StorageError("cannot read x", what_to_do="check y", context={"path": "/x", "n": 3}))
+    assert (reply.kind, reply.message, reply.what_to_do) == ("storage", "cannot read x", "check y")
+    assert reply.context == {"path": "/x", "n": "3"}
+
+
+def test_unexpected_exceptions_become_internal_errors() -> None:
+    reply = error_from_exception(KeyError("boom"))
+    assert reply.kind == "internal"
+    assert "KeyError" in reply.message and reply.what_to_do
+
+
+def test_expect_names_both_types() -> None:
+    assert expect(ListFiles(), ListFiles) == ListFiles()
+    with pytest.raises(ProtocolError, match="expected file_done, got list_files"):
+        expect(ListFiles(), FileDone)
