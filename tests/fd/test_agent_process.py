@@ -114,9 +114,9 @@ def test_interpreter_that_is_not_python_fails_the_handshake_clearly() -> None:
 
 
 def test_python_without_the_package_shows_its_error(tmp_path: Path) -> None:
-    # -I ignores PYTHONPATH and the user site: this interpreter cannot import bareos_hyperv.
+    # -I -S: no PYTHONPATH, no site-packages: this interpreter cannot import bareos_hyperv.
     wrapper = tmp_path / "isolated-python"
-    wrapper.write_text(f"#!/bin/sh\ncd /\nexec {sys.executable} -I \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\ncd /\nexec {sys.executable} -I -S \"$@\"\n")
     wrapper.chmod(0o755)
     with pytest.raises(ConfigurationError) as info:
         AgentProcess(str(wrapper), Recorder(), timeout=10).start()
@@ -187,13 +187,15 @@ def test_default_interpreter_from_a_virtualenv_site_packages(tmp_path: Path) -> 
     exact = _exe(tmp_path / "venv/bin/python3.11")
     assert default_agent_python(str(pkg)) == str(exact)
     exact.unlink()
-    assert default_agent_python(str(pkg)) == str(_exe(tmp_path / "venv/bin/python3"))
+    generic = _exe(tmp_path / "venv/bin/python3")
+    assert default_agent_python(str(pkg)) == str(generic)
 
 
 def test_default_interpreter_for_debian_dist_packages(tmp_path: Path) -> None:
     pkg = tmp_path / "usr/lib/python3/dist-packages/bareos_hyperv"
     pkg.mkdir(parents=True)
-    assert default_agent_python(str(pkg)) == str(_exe(tmp_path / "usr/bin/python3"))
+    python3 = _exe(tmp_path / "usr/bin/python3")
+    assert default_agent_python(str(pkg)) == str(python3)
 
 
 def test_default_interpreter_for_a_source_checkout(tmp_path: Path) -> None:

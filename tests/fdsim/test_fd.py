@@ -326,3 +326,22 @@ def test_restore_without_backup_is_a_clear_error(tmp_path: os.PathLike[str]) -> 
     sim = FdSim(str(tmp_path))
     with pytest.raises(FdSimError, match="no successful Full backup"):
         sim.restore(None)
+
+
+def test_sparse_blocks_are_skipped_and_restored_with_seek(env: Env) -> None:
+    count = fdmod.DEFAULT_BUFFER_SIZE - fdmod.SPARSE_HEADER_SIZE
+    item = {"name": "/@s/zeros", "size": 3 * count + 10, "pattern": "\x00", "sparse": True}
+    env.write_spec([item])
+    r = env.sim.backup(env.cmd(), plugin_dir=env.plugin_dir)
+    assert r.status == "T", r.log()
+    reads = [e for e in env.log_of("io") if e["func"] == bfd.IO_READ]
+    assert {e["count"] for e in reads} == {count}
+    rec = env.sim.store.files(r.jobid)[0]
+    stored = env.sim.store.read_item(rec).data
+    assert len(stored) == 1  # three full zero blocks below st_size were not stored
+    env.clear_log()
+    rr = env.sim.restore(None, where=str(env.where), plugin_dir=env.plugin_dir)
+    assert rr.status == "T", rr.log()
+    seeks = [e for e in env.log_of("io") if e["func"] == bfd.IO_SEEK]
+    assert [s["offset"] for s in seeks] == [3 * count]
+    assert (env.where / "@s/zeros").read_bytes() == bytes(item["size"])  # type: ignore[arg-type]

@@ -80,7 +80,7 @@ def vssd_cimxml(guid: str, name: str, generation: int, notes: str) -> str:
 
 
 def epasd_cimxml(guid: str, switch_guid: str) -> str:
-    """A switch connection (EPASD) with a REF-valued HostResource, as to_cimxml writes it."""
+    """A switch connection (EPASD) with a REF-valued property, as to_cimxml writes it."""
     switch = EndpointReference.build(
         V2, "Msvm_VirtualEthernetSwitch", {"CreationClassName": "Msvm_VirtualEthernetSwitch", "Name": switch_guid}
     )
@@ -89,11 +89,12 @@ def epasd_cimxml(guid: str, switch_guid: str) -> str:
         [
             ("InstanceID", f"Microsoft:{guid}\\C3F2A1B0-1111-2222-3333-444455556666\\C"),
             ("ResourceType", 33),
-            ("HostResource", [switch]),
+            ("Parent", switch),
+            ("HostResource", [f'\\\\HV01\\root\\virtualization\\v2:Msvm_VirtualEthernetSwitch.Name="{switch_guid}"']),
             ("EnabledState", 2),
             ("LastKnownSwitchName", "LAN & <Backbone>"),
         ],
-        types={"ResourceType": "uint16", "EnabledState": "uint16", "HostResource": "reference[]"},
+        types={"ResourceType": "uint16", "EnabledState": "uint16", "HostResource": "string[]"},
     )
     return to_cimxml(epasd)
 
