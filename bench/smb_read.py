@@ -20,6 +20,7 @@ import argparse
 import functools
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,11 +57,19 @@ def warm(path: Path) -> None:
             pass
 
 
-def timed(fn: Callable[[], int]) -> Tuple[float, int]:
-    """Seconds taken and bytes moved by ``fn``."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (user + system)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], int]) -> Tuple[float, float, int]:
+    """Wall seconds, client CPU seconds and bytes moved by ``fn``."""
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     n = fn()
-    return time.perf_counter() - t0, n
+    return time.perf_counter() - t0, cpu_seconds() - c0, n
 
 
 def run_cat(path: Path) -> int:
@@ -97,12 +106,14 @@ def run_product(srv: SambaServer, name: str, options: SmbOptions, digest: str | 
     return total
 
 
-def median_rate(fn: Callable[[], int], runs: int) -> Tuple[float, List[float]]:
-    rates = []
+def median_rate(fn: Callable[[], int], runs: int) -> Tuple[float, float]:
+    """Median MB/s and median client CPU seconds per GiB over ``runs`` runs."""
+    rates, cpus = [], []
     for _ in range(runs):
-        dt, n = timed(fn)
+        dt, cpu, n = timed(fn)
         rates.append(n / dt / 1e6)
-    return statistics.median(rates), rates
+        cpus.append(cpu / (n / (1 << 30)))
+    return statistics.median(rates), statistics.median(cpus)
 
 
 def sha256_file(path: Path) -> str:
@@ -132,7 +143,7 @@ def main(argv: List[str] | None = None) -> int:
         read_depth=args.depth or defaults.read_depth,
     )
     size = args.size_mib * MiB
-    results: Dict[str, Dict[str, float]] = {}
+    results: Dict[str, Dict[str, Tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-smb-", dir=os.environ.get("BENCH_TMPDIR")) as tmp:
         share = Path(tmp) / "share"
         share.mkdir()
@@ -151,18 +162,18 @@ def main(argv: List[str] | None = None) -> int:
                 # One verified pass first: a fast wrong answer is not a result.
                 run_product(srv, name, base, digest)
                 row = results.setdefault(mode, {})
-                row["cat"], _ = median_rate(functools.partial(run_cat, path), args.runs)
-                row["smbclient"], _ = median_rate(
+                row["cat"] = median_rate(functools.partial(run_cat, path), args.runs)
+                row["smbclient"] = median_rate(
                     functools.partial(run_smbclient, srv, name, authfile, size), args.runs
                 )
                 label = f"product {base.read_size // MiB} MiB x{base.read_depth}"
-                row[label], _ = median_rate(functools.partial(run_product, srv, name, base), args.runs)
+                row[label] = median_rate(functools.partial(run_product, srv, name, base), args.runs)
                 if args.sweep:
                     for rs, depth in ((1, 1), (8, 1), (2, 4), (4, 2), (4, 8), (8, 2), (8, 4)):
                         opts = SmbOptions(read_size=rs * MiB, read_depth=depth)
                         key = f"product {rs} MiB x{depth}"
                         if key not in row:
-                            row[key], _ = median_rate(
+                            row[key] = median_rate(
                                 functools.partial(run_product, srv, name, opts), args.runs
                             )
                 authfile.unlink()
@@ -172,13 +183,13 @@ def main(argv: List[str] | None = None) -> int:
         f"SMB read of {args.size_mib} MiB from page cache, loopback, median of {args.runs} "
         f"(malloc tuned: {'yes' if tuned else 'no'}; Python {sys.version.split()[0]})"
     )
+    print("  (client CPU = seconds of CPU per GiB in the reading process: load-independent; smbd not counted)")
     for mode, row in results.items():
         print(f"\n  {mode}")
-        print(f"    {'path':<26} {'MB/s':>8} {'vs smbclient':>13} {'vs cat':>8}")
-        for key, rate in row.items():
-            print(
-                f"    {key:<26} {rate:8.0f} {rate / row['smbclient']:12.2f}x {rate / row['cat']:7.3f}x"
-            )
+        print(f"    {'path':<26} {'MB/s':>8} {'vs smbclient':>13} {'vs cat':>8} {'client CPU s/GiB':>17}")
+        ref, ceiling = row["smbclient"][0], row["cat"][0]
+        for key, (rate, cpu) in row.items():
+            print(f"    {key:<26} {rate:8.0f} {rate / ref:12.2f}x {rate / ceiling:7.3f}x {cpu:17.2f}")
     return 0
 
 

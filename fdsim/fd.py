@@ -469,8 +469,12 @@ class FdSim:
     def backup(self, plugin_string: Union[str, Sequence[str]], level: str = "F", *,
                plugin_dir: Union[str, Path] = "", accurate: bool = False,
                extra_sys_path: Sequence[Union[str, Path]] = (), pluginoptions: str | None = None,
-               options: FileSetOptions | None = None, job_name: str = "backup-fdsim") -> JobResult:
-        """Run a backup job of one or more ``Plugin =`` lines at level F, I or D."""
+               options: FileSetOptions | None = None, job_name: str = "backup-fdsim",
+               on_start: Callable[[int], None] | None = None) -> JobResult:
+        """Run a backup job of one or more ``Plugin =`` lines at level F, I or D.
+
+        ``on_start(jobid)`` is called once the job is running and can be canceled.
+        """
         cmds = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
         if level not in ("F", "I", "D"):
             raise FdSimError(f"fdsim backup: level {level!r} is not one of F, I, D")
@@ -498,18 +502,25 @@ class FdSim:
             record.since = prev.start_time
             record.prev_job = prev.name
         writer = self.store.writer(record)
-        self._run(job, lambda: self._backup_job(job, cmds, prev, pluginoptions, writer))
-        record.files = len(job.result.files)
-        record.bytes = job.result.bytes
-        self.store.commit(record, writer)
+        try:
+            self._run(job, lambda: self._backup_job(job, cmds, prev, pluginoptions, writer), on_start)
+        finally:
+            record.files = len(job.result.files)
+            record.bytes = job.result.bytes
+            self.store.commit(record, writer)
         return job.result
 
     def restore(self, plugin_string: Union[str, Sequence[str]] | None = None, jobid: int | None = None, *,
                 where: str = "/tmp/bareos-restores", replace: str = "always",  # noqa: S108  # Bareos default
                 pluginoptions: str | None = None, files: Sequence[str] | None = None,
                 plugin_dir: Union[str, Path] = "", extra_sys_path: Sequence[Union[str, Path]] = (),
-                prefix_links: bool = False, job_name: str = "restore-fdsim") -> JobResult:
-        """Restore the most recent backup (of these plugin strings) or one job's files."""
+                prefix_links: bool = False, job_name: str = "restore-fdsim",
+                on_start: Callable[[int], None] | None = None) -> JobResult:
+        """Restore the most recent backup (of these plugin strings) or one job's files.
+
+        ``files`` are fnmatch patterns (a pattern ending in ``/`` marks a whole tree), like
+        marking files in bconsole's restore tree.
+        """
         if replace not in REPLACE_CODES:
             raise FdSimError(f"fdsim restore: replace={replace!r} is not one of {sorted(REPLACE_CODES)}")
         if jobid is not None:
@@ -531,10 +542,25 @@ class FdSim:
         job.where = where if where not in ("", "/") else ""
         job.prefix_links = int(prefix_links)
         code = REPLACE_CODES[replace]
-        self._run(job, lambda: self._restore_job(job, jobids, selected, pluginoptions, code))
-        record.files = len(job.result.files)
-        record.bytes = job.result.bytes
-        self.store.commit(record, None)
+        try:
+            self._run(job, lambda: self._restore_job(job, jobids, selected, pluginoptions, code), on_start)
+        finally:
+            record.files = len(job.result.files)
+            record.bytes = job.result.bytes
+            self.store.commit(record, None)
+        return job.result
+
+    def estimate(self, plugin_string: Union[str, Sequence[str]], level: str = "F", *,
+                 plugin_dir: Union[str, Path] = "", extra_sys_path: Sequence[Union[str, Path]] = ()) -> JobResult:
+        """bconsole ``estimate``: start/end_backup_file without I/O; ``files`` lists the items and
+        ``bytes`` sums ``st_size`` of regular-mode items (§3.6).  Not recorded in the catalog."""
+        cmds = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
+        record = JobRecord(jobid=0, name="estimate-fdsim", job_type="B", level=level, start_time=int(time.time()))
+        job = _Job(self, record, level, str(plugin_dir), [str(p) for p in extra_sys_path], False, FileSetOptions())
+        prev = self.store.previous_job(level, cmds) if level in ("I", "D") else None
+        if prev is not None:
+            job.since = prev.start_time
+        self._run(job, lambda: self._estimate_job(job, cmds))
         return job.result
 
     def running(self) -> List[int]:
@@ -584,9 +610,17 @@ class FdSim:
         return self.store.list_files(jobid)
 
     # -- job frame -----------------------------------------------------------------------------
-    def _run(self, job: _Job, body: Callable[[], None]) -> None:
+    def start(self, kind: str, *args: Any, **kwargs: Any) -> BackgroundJob:
+        """Run ``backup``/``restore`` on a job thread of its own, e.g. to cancel it from this one."""
+        if kind not in ("backup", "restore"):
+            raise FdSimError(f"fdsim start: kind {kind!r} is not 'backup' or 'restore'")
+        return BackgroundJob(getattr(self, kind), args, kwargs)
+
+    def _run(self, job: _Job, body: Callable[[], None], on_start: Callable[[int], None] | None = None) -> None:
         with self._running_lock:
             self._running[job.record.jobid] = job
+        if on_start is not None:
+            on_start(job.record.jobid)
         try:
             job.interp = SubInterpreter(job.extra_sys_path)
             try:
@@ -601,7 +635,9 @@ class FdSim:
             with self._running_lock:
                 del self._running[job.record.jobid]
             result = job.result
-            if job.canceled:
+            if job.interp is None:
+                result.status = "f"  # no interpreter: the exception tells why
+            elif job.canceled:
                 result.status = "A"
             elif job.fatal:
                 result.status = "f"
@@ -638,6 +674,31 @@ class FdSim:
             self._accurate_finish(job, writer)
         job.event(bfd.bEventEndBackupJob)
         job.event(bfd.bEventJobEnd)
+
+    def _estimate_job(self, job: _Job, cmds: List[str]) -> None:
+        for cmd in cmds:
+            if is_python_plugin(cmd):
+                job.event(bfd.bEventPluginCommand, cmd)
+        job.event(bfd.bEventEndFileSet)
+        for cmd in cmds:
+            if job.is_canceled() or not is_python_plugin(cmd):
+                continue
+            if job.event(bfd.bEventEstimateCommand, cmd) != bfd.bRC_OK:
+                continue
+            while not job.is_canceled():
+                values = {"fname": "", "link": "", "type": 0, "flags": bytearray(job.options.flags()),
+                          "no_read": False, "portable": True, "accurate_found": False, "cmd": cmd, "save_time": 0,
+                          "delta_seq": 0, "object_name": None, "object": None, "object_len": 0,
+                          "object_index": 0, "statp": None}
+                res = job.py("start_backup_file", ("start_backup_file", values), "start_backup_file")
+                if int(res["rc"]) != bfd.bRC_OK:
+                    break
+                pkt = res["pkt"]
+                size = pkt["statp"]["st_size"] if stat.S_ISREG(pkt["statp"]["st_mode"]) else 0
+                job.result.files.append(FileResult(self._catalog_name(pkt), pkt["type"], pkt["statp"]["st_size"], 0))
+                job.result.bytes += size
+                if job.call("end_backup_file") != bfd.bRC_More:
+                    break
 
     def _plugin_options(self, job: _Job, pluginoptions: str) -> None:
         if ":" not in pluginoptions or not is_python_plugin(pluginoptions):
@@ -1027,6 +1088,47 @@ class FdSim:
             position += len(chunk)
             moved += len(chunk)
         return moved
+
+
+class BackgroundJob:
+    """A job running on its own thread (see :meth:`FdSim.start`)."""
+
+    def __init__(self, run: Callable[..., JobResult], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        self._started = threading.Event()
+        self._jobid = 0
+        self._result: JobResult | None = None
+        self._error: BaseException | None = None
+
+        def started(jobid: int) -> None:
+            self._jobid = jobid
+            self._started.set()
+
+        def body() -> None:
+            try:
+                self._result = run(*args, on_start=started, **kwargs)
+            except BaseException as exc:  # handed to wait()
+                self._error = exc
+            finally:
+                self._started.set()
+
+        self._thread = threading.Thread(target=body, name="fdsim-job", daemon=True)
+        self._thread.start()
+
+    @property
+    def jobid(self) -> int:
+        """The JobId (waits until the job has started)."""
+        self._started.wait()
+        return self._jobid
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """The job's result; raises what the job raised, or TimeoutError."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"fdsim: job {self._jobid} still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def _read_full(fd: int, count: int) -> bytes | None:

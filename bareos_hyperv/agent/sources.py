@@ -85,6 +85,7 @@ class FilesSource:
 
     def list_files(self) -> List[FileEntry]:
         """Walk every configured path."""
+        self._where = {}
         out: List[FileEntry] = []
         for raw in self._paths:
             path = PurePosixPath(raw)
@@ -140,6 +141,7 @@ class SmbSource:
 
     def list_files(self) -> List[FileEntry]:
         """Stat (and walk) every configured path on the share."""
+        self._where = {}
         out: List[FileEntry] = []
         for path in self._paths:
             self._add(out, SmbLocation(self._server, self._share, path))

@@ -56,7 +56,8 @@ OPTIONS: Dict[str, OptionSpec] = {
     "smb_address": make_opt(str, help="connect to this address instead of resolving smb_server"),
     "smb_port": make_opt(int, help="SMB port (default 445)"),
     "smb_encrypt": make_opt(bool, False, help="require SMB3 encryption"),
-    "credentials_file": make_opt(str, required_for=("smb",), help="file with username=/password= (mode 600)"),
+    # Not mandatory: without it the account comes from the fd's BAREOS_HYPERV_USERNAME/_PASSWORD.
+    "credentials_file": make_opt(str, help="file with username=/password= lines (mode 600)"),
     "agent_python": make_opt(str, to_agent=False, help="python3 that has bareos-hyperv installed"),
     "agent_timeout": make_opt(int, 300, help="seconds the agent may stay silent before the job fails"),
     "agent_debug": make_opt(bool, False, help="relay the agent's debug log to the fd debug output"),

@@ -155,9 +155,13 @@ class BareosFdHyperV:
             raise ProtocolError("the job was canceled")
         where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
         agent.request(StartJob(kind=kind, source=self.options.source, jobid=self.jobid, job_name=self.job_name,
-                               options=self.options.for_agent(), credentials=_env_credentials(), where=where),
+                               options=self.options.for_agent(), credentials=self._credentials(), where=where),
                       JobStarted, what="starting the job")
         return agent
+
+    def _credentials(self) -> Optional[WireCredentials]:
+        """The fd environment's account, sent over the socket, unless credentials_file= names one."""
+        return None if self.options.get_str("credentials_file") else _env_credentials()
 
     def _finish(self) -> None:
         """End of job: stop the agent and report its totals."""

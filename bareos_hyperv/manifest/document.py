@@ -18,10 +18,11 @@ Compatibility rule (decided here, mirrored in the XSD header):
 
 * A reader refuses a manifest of another major version with a message that says to use a
   bareos-hyperv at least as new as the one that wrote it.
-* A minor version only adds optional content, in a namespace other than the major's
-  (convention :data:`EXTENSION_NAMESPACE`).  Every complex type ends with ``##other`` lax
-  wildcards, so a reader of an older minor validates such a manifest and ignores the additions
-  (they are not kept in the dataclass tree).  Content an older reader must understand to restore
+* A minor version only adds optional content: attributes, or elements appended after an
+  element's existing children, in a namespace other than the major's (convention
+  :data:`EXTENSION_NAMESPACE`).  Every complex type ends with ``##other`` lax wildcards, so a
+  reader of an older minor validates such a manifest and ignores the additions (they are not
+  kept in the dataclass tree).  Content an older reader must understand to restore
   correctly requires a new major version.
 * :func:`to_xml` always writes :data:`SCHEMA_VERSION`.
 

@@ -691,9 +691,9 @@ class SmbStorage:
         """Create a new file exclusively (:class:`StorageExists` if anything is there) for writing."""
         loc = self._smb(location)
 
+        # Not retried once sent (a second FILE_CREATE would meet our own file), but a connection
+        # that died while idle is replaced before sending (_server does that).
         def fn() -> Any:
-            if not self._server(loc.server).alive:
-                self._drop(loc.server, None)
             return self._create(
                 loc,
                 WRITE_ACCESS | SYNCHRONIZE,
@@ -803,8 +803,6 @@ class SmbStorage:
         loc = self._smb(location)
 
         def fn() -> None:
-            if not self._server(loc.server).alive:
-                self._drop(loc.server, None)
             h = self._create(
                 loc,
                 DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,

@@ -17,7 +17,7 @@ from bareos_hyperv.fd.agent_process import AgentDied, AgentProcess, default_agen
 from bareos_hyperv.protocol.messages import JobDone, ListFiles, LogRecord, Progress
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "Env-Secret-9f8e7d"  # noqa: S105 - test value
+SECRET = "Env-Secret-9f8e7d"
 
 
 class Recorder:

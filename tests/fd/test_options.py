@@ -58,7 +58,7 @@ def test_all_missing_mandatory_options_are_reported_together() -> None:
     with pytest.raises(ConfigurationError) as info:
         opts.check()
     text = str(info.value)
-    assert "mandatory options smb_server, smb_paths, credentials_file not set" in text
+    assert "mandatory options smb_server, smb_paths not set" in text
     assert "paths" not in text.replace("smb_paths", "")  # only the smb source's options
 
 

@@ -48,7 +48,7 @@ class TestFiles(BareosFdPluginBaseclass):
         super().__init__(plugindef)
         RegisterEvents([bEventCancelCommand, bEventEndRestoreJob])
         self.job_thread = threading.get_ident()
-        self.items = []
+        self.items = None
         self.cur = None
         self.file = None
         self.feeder = None
@@ -101,14 +101,19 @@ class TestFiles(BareosFdPluginBaseclass):
         return super().handle_plugin_event(event)
 
     def start_backup_job(self):
+        self.load_spec()
+        return bRC_OK
+
+    def load_spec(self):
         with open(self.options["spec"]) as fh:
             spec = json.load(fh)
         self.items = spec["items"]
         self.keep = spec.get("keep", [])
-        return bRC_OK
 
     # -- backup ----------------------------------------------------------------------------
     def start_backup_file(self, savepkt):
+        if self.items is None:  # estimate: no bEventStartBackupJob
+            self.load_spec()
         if not self.items:
             return bRC_Stop
         it = self.cur = self.items[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import List
 
@@ -260,15 +259,12 @@ def test_parse_error_aborts_the_walk(env: Env) -> None:
 def test_cancel_from_another_thread_during_do_io_in_core(env: Env) -> None:
     env.write_spec([{"name": "/@c/endless", "size": 1, "io": "core", "endless": True},
                     {"name": "/@c/never", "size": 1}])
-    results: List[JobResult] = []
-    job = threading.Thread(target=lambda: results.append(env.sim.backup(env.cmd(), plugin_dir=env.plugin_dir)))
-    job.start()
+    job = env.sim.start("backup", env.cmd(), plugin_dir=env.plugin_dir)
     env.wait_for("core_open")
-    (jobid,) = env.sim.running()
+    jobid = job.jobid
+    assert env.sim.running() == [jobid]
     assert env.sim.cancel(jobid)
-    job.join(30)
-    assert not job.is_alive()
-    (r,) = results
+    r = job.wait(30)
     assert r.status == "A", r.log()
     events = env.log_of("event")
     cancel = [e for e in events if e["event"] == bfd.bEventCancelCommand]
@@ -345,3 +341,13 @@ def test_sparse_blocks_are_skipped_and_restored_with_seek(env: Env) -> None:
     seeks = [e for e in env.log_of("io") if e["func"] == bfd.IO_SEEK]
     assert [s["offset"] for s in seeks] == [3 * count]
     assert (env.where / "@s/zeros").read_bytes() == bytes(item["size"])  # type: ignore[arg-type]
+
+
+def test_estimate_counts_items_without_io(env: Env) -> None:
+    env.write_spec([{"name": "/@e/a", "size": 100}, {"name": "/@e/d", "kind": "dir"}, {"name": "/@e/b", "size": 5}])
+    est = env.sim.estimate(env.cmd(), plugin_dir=env.plugin_dir)
+    assert est.status == "T", est.log()
+    assert [f.fname for f in est.files] == ["/@e/a", "/@e/d/", "/@e/b"]
+    assert est.bytes == 105
+    assert not env.log_of("io")
+    assert env.sim.list_jobs() == []

@@ -107,3 +107,24 @@ def test_plugin_sees_a_separate_sys_modules(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_clear_error_without_a_subinterpreter_api(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["_xxsubinterpreters"] = None
+        sys.modules["_interpreters"] = None
+        from fdsim.fd import FdSim
+        from fdsim.interp import SubInterpreterUnavailable
+        sim = FdSim(sys.argv[1])
+        try:
+            sim.backup("python3:module_name=m:a=b")
+        except SubInterpreterUnavailable as exc:
+            print("refused:", exc)
+        print("status", sim.list_jobs()[0].status)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: fdsim needs CPython's _xxsubinterpreters" in proc.stdout
+    assert "status f" in proc.stdout

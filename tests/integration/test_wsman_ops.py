@@ -143,7 +143,8 @@ def test_enumerate_and_pull_in_small_pages(hv01: CimClient, estate: Simulation) 
     whole = hv01.enumerate(NS_VIRT, RASD_FAMILY, max_elements=100)
     assert estate.log.count("Pull") == 0  # one optimized Enumerate carried everything
     web = estate.world.vm("web01")
-    assert len(whole) == len(web.config.settings) >= 7
+    mine = [i for i in whole if str(i.get("InstanceID")).startswith(f"Microsoft:{web.id}\\")]
+    assert len(mine) == len(web.config.settings) >= 7
     estate.log.clear()
     paged = hv01.enumerate(NS_VIRT, RASD_FAMILY, max_elements=2)
     assert _ids(paged) == _ids(whole)
@@ -231,7 +232,8 @@ def test_wql_like_selects_one_vms_devices(hv01: CimClient, estate: Simulation) -
 
 def test_wql_associators_of_a_path_with_backslashes(hv01: CimClient, estate: Simulation) -> None:
     web = estate.world.vm("web01")
-    sasd = hv01.query(NS_VIRT, "SELECT * FROM Msvm_StorageAllocationSettingData")[0]
+    sasd = hv01.query(NS_VIRT, "SELECT * FROM Msvm_StorageAllocationSettingData "
+                               f"WHERE InstanceID LIKE 'Microsoft:{web.id}%'")[0]
     assert sasd.epr is not None and "\\" in sasd.epr.str_selector("InstanceID")
     wql = (f"ASSOCIATORS OF {{{sasd.epr.wql_path()}}} WHERE AssocClass = Msvm_VirtualSystemSettingDataComponent "
            "ResultClass = Msvm_VirtualSystemSettingData")
@@ -304,8 +306,10 @@ def test_enumerated_eprs_serve_get_and_invoke(hv01: CimClient, estate: Simulatio
         assert again.epr == inst.epr
         assert [(k, v) for k, v in again.items() if k != "OnTimeInMilliseconds"] == \
             [(k, v) for k, v in inst.items() if k != "OnTimeInMilliseconds"]
-    sasds = hv01.enumerate(NS_VIRT, "Msvm_StorageAllocationSettingData")
-    assert sasds and all(s.epr is not None for s in sasds)
+    web_id = estate.world.vm("web01").id
+    sasds = [s for s in hv01.enumerate(NS_VIRT, "Msvm_StorageAllocationSettingData")
+             if str(s.get("InstanceID")).startswith(f"Microsoft:{web_id}\\")]
+    assert len(sasds) == 2 and all(s.epr is not None for s in sasds)
     image = service(hv01, "Msvm_ImageManagementService")
     assert image.str_selector("Name") == "vhdsvc"
     for sasd in sasds:

@@ -36,7 +36,7 @@ from bareos_hyperv.protocol.messages import (
     expect,
 )
 
-SECRET = "S3cret-Pa55word!"  # noqa: S105 - test value
+SECRET = "S3cret-Pa55word!"
 
 EXAMPLES: List[Message] = [
     Hello(version=1, fd_pid=42),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -368,7 +368,9 @@ def standalone_manifest() -> Manifest:
     )
     host = HostFacts(name="HVSTANDALONE01", os_version="6.3.9600", supported_config_versions=["5.0"])
     settings = VmSettings(
-        system=CapturedSettings("Msvm_VirtualSystemSettingData", f"Microsoft:{guid}", vssd_cimxml(guid, "legacy", 1, "")),
+        system=CapturedSettings(
+            "Msvm_VirtualSystemSettingData", f"Microsoft:{guid}", vssd_cimxml(guid, "legacy", 1, "")
+        ),
         resources=fixture_settings(),
     )
     return Manifest(
@@ -385,11 +387,19 @@ def standalone_manifest() -> Manifest:
     )
 
 
-@pytest.fixture(params=["cluster", "standalone"])
+BUILDERS: Dict[str, Callable[[], Manifest]] = {"cluster": cluster_manifest, "standalone": standalone_manifest}
+
+
+@pytest.fixture
+def make() -> Callable[[str], Manifest]:
+    """Builds a fresh manifest by kind ("cluster" or "standalone"), for tests that need several."""
+    return lambda kind: BUILDERS[kind]()
+
+
+@pytest.fixture(params=sorted(BUILDERS))
 def any_manifest(request: pytest.FixtureRequest) -> Manifest:
     """Each of the two fully populated manifests."""
-    builders: dict[str, Callable[[], Manifest]] = {"cluster": cluster_manifest, "standalone": standalone_manifest}
-    return builders[request.param]()
+    return BUILDERS[request.param]()
 
 
 @pytest.fixture
