@@ -73,6 +73,7 @@ class MethodDef:
     in_params: tuple[PropDef, ...] = ()
     out_params: tuple[PropDef, ...] = ()
     static: bool = False  # invoked on the class (no selectors), e.g. none of the Msvm_* used here
+    void: bool = False  # declared void (the MSCluster_* methods): no ReturnValue; failures are faults
 
 
 @dataclass(frozen=True)

@@ -1439,6 +1439,12 @@ class Dispatcher:
             ref = inst.path or ref
         params = self._decode_inputs(res, mdef, req)
         outcome = self.repo.invoke(ref, mdef.name, params)
+        if mdef.void and outcome.return_value != 0:
+            # A void method cannot return a code: the provider's failure becomes a fault.
+            raise CimError("w:InternalError", TEXT_INTERNAL, wsman_code=2150859010, wmi_status={
+                "Description": f"{mdef.name} failed with error {outcome.return_value}",
+                "Operation": "ExecMethod", "ProviderName": "MS_CLUSTER_PROVIDER",
+                "StatusCode": outcome.return_value})
         env, _h, body = self._envelope(action + "Response", target.message_id)
         out_el = etree.SubElement(body, _q(res.uri.split("?", 1)[0], f"{mdef.name}_OUTPUT"),
                                   nsmap={"p": res.uri.split("?", 1)[0], "cim": NS_CIM, "xsi": NS_XSI})
@@ -1449,7 +1455,8 @@ class Dispatcher:
                 continue
             value = out_values.get(p.name.lower())
             self._append_value(out_el, _q(class_uri, p.name), p, value, res.namespace)
-        etree.SubElement(out_el, _q(class_uri, "ReturnValue")).text = str(int(outcome.return_value))
+        if not mdef.void:
+            etree.SubElement(out_el, _q(class_uri, "ReturnValue")).text = str(int(outcome.return_value))
         return self._checked(env, limit)
 
     def _method_def(self, namespace: str, cdef: ClassDef, method: str) -> MethodDef | None:

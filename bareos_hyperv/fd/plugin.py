@@ -165,7 +165,7 @@ class BareosFdHyperV:
 
     def _finish(self) -> None:
         """End of job: stop the agent and report its totals."""
-        close_fds([self.io_fd, *self.pending.values()] if self.io_fd >= 0 else list(self.pending.values()))
+        close_fds([fd for fd in (self.io_fd, *self.pending.values()) if fd >= 0])
         self.io_fd = -1
         self.pending.clear()
         agent, self.agent = self.agent, None
@@ -186,7 +186,8 @@ class BareosFdHyperV:
                 self._warned.add(warning)
                 self.log.warning(warning)
         if self.level in ("I", "D"):
-            raise ConfigurationError(f"level {LEVEL_NAMES[self.level]} is not supported by this version",
+            raise ConfigurationError(f"level {LEVEL_NAMES.get(self.level, self.level)} is not supported by "
+                                     "this version",
                                      what_to_do="run this job at level Full")
         return int(bareosfd.bRC_OK)
 

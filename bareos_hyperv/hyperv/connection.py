@@ -79,7 +79,7 @@ class Connector:
     def endpoint(self, host: str) -> Endpoint:
         """Where the node's WinRM listener is."""
         address, port = self.host_map.get(host.upper(), (host, None))
-        return Endpoint(host=address, port=port or self.port, https=self.https)
+        return Endpoint(host=address, port=port or self.port, https=self.https, name=host.upper())
 
     def client(self, host: str) -> CimClient:
         """The client for a node (one per node and job; connections are reused)."""

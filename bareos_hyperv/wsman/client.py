@@ -103,8 +103,8 @@ class CimClient:
 
     @property
     def host(self) -> str:
-        """Host name of the endpoint."""
-        return self.endpoint.host
+        """Name of the host (its own name when reached through a host map, else the address)."""
+        return self.endpoint.name or self.endpoint.host
 
     @property
     def request_count(self) -> int:
@@ -404,14 +404,10 @@ class CimClient:
             )
         outputs = parse_wsman_instance(output)
         _decode_outputs(outputs, out_types or {})
-        if "ReturnValue" not in outputs:
-            raise WsmanProtocolError(
-                f"{ref.class_name}.{method} on {self.host} returned no ReturnValue",
-                what_to_do="check the WinRM service on the host",
-            )
-        return InvokeResult(
-            method=method, return_value=outputs.int("ReturnValue"), outputs=outputs, target=ref
-        )
+        # Methods declared void (the MSCluster_* methods) answer with an empty _OUTPUT;
+        # they report failure with a SOAP fault, so reaching here means success.
+        return_value = outputs.int("ReturnValue") if "ReturnValue" in outputs else 0
+        return InvokeResult(method=method, return_value=return_value, outputs=outputs, target=ref)
 
 
 def _copy(element: etree._Element | None) -> etree._Element | None:

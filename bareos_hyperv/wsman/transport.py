@@ -42,12 +42,17 @@ REDACTED_ELEMENTS = ("Password", "Credential", "Secret")
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where WinRM listens: ``http(s)://host:port/path``."""
+    """Where WinRM listens: ``http(s)://host:port/path``.
+
+    ``name`` is the host's own name when ``host`` is only an address to reach it by
+    (a host map, NAT): messages then name the node the operator knows.
+    """
 
     host: str
     port: int = DEFAULT_HTTP_PORT
     https: bool = False
     path: str = "/wsman"
+    name: str | None = None
 
     @property
     def url(self) -> str:
@@ -58,8 +63,11 @@ class Endpoint:
 
     @property
     def hostport(self) -> str:
-        """``host:port`` for messages."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` for messages, prefixed with the host's name when it differs from the address."""
+        where = f"{self.host}:{self.port}"
+        if self.name and self.name.lower() != self.host.lower():
+            return f"{self.name} ({where})"
+        return where
 
 
 @dataclass(frozen=True)
@@ -256,7 +264,7 @@ class WsmanTransport:
             except requests.exceptions.SSLError as exc:
                 self._reset()
                 raise TlsVerificationError(
-                    f"the HTTPS certificate of {self.endpoint.host} could not be verified "
+                    f"the HTTPS certificate of {self.endpoint.hostport} could not be verified "
                     f"({self._reason(exc)})",
                     what_to_do="set ca_trust_path= to the CA bundle that signed the host's WinRM "
                     "certificate, "
@@ -313,7 +321,8 @@ class WsmanTransport:
         except InvalidCredentialsError:
             self._reset()
             raise AuthenticationError(
-                f"{self.endpoint.host} rejected the credentials of user {self._credentials.principal} "
+                f"{self.endpoint.name or self.endpoint.host} rejected the credentials of user "
+                f"{self._credentials.principal} "
                 f"(HTTP 401, transport={self.options.transport})",
                 what_to_do="check user name, password and domain in the credentials file, and that the "
                 "host allows this authentication method (winrm get winrm/config/service/auth)",

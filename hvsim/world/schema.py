@@ -10,6 +10,8 @@ instances.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hvsim.cim import NS_CIMV2, NS_CLUSTER, NS_VIRT, ClassDef, MethodDef, PropDef
 
 
@@ -130,6 +132,10 @@ _SVC_KEYS = ("CreationClassName", "Name", "SystemCreationClassName", "SystemName
 
 def _cls(name: str, superclass: str | None, keys: tuple[str, ...], props: tuple[str, ...],
          methods: tuple[MethodDef, ...] = ()) -> ClassDef:
+    if name.startswith("MSCluster_"):
+        # Every MSCluster_* method is declared void (hyperv-wmi.md §7.4): WinRM sends an
+        # empty _OUTPUT and reports failure as a SOAP fault with __ExtendedStatus.
+        methods = tuple(dataclasses.replace(m, void=True) for m in methods)
     return ClassDef(name=name, superclass=superclass, keys=keys, properties=_props(*props), methods=methods)
 
 

@@ -21,7 +21,6 @@ from bareos_hyperv.wsman.transport import TransportOptions
 from hvsim.faults import FaultPlan
 from hvsim.simulation import Simulation
 from hvsim.world.scenario import MiB, default_world
-from hvsim.world.state import Vm
 
 __all__ = [
     "JOB_TIMEOUT",
@@ -34,7 +33,6 @@ __all__ = [
     "one",
     "quick_sim",
     "service",
-    "sim_vm",
     "vm_instance",
     "vm_settings",
     "vssd_of",
@@ -95,11 +93,6 @@ def vssd_of(client: CimClient, vm: CimInstance) -> CimInstance:
     assert vm.epr is not None
     return one(client.associators(vm.epr, assoc_class="Msvm_SettingsDefineState",
                                   result_class="Msvm_VirtualSystemSettingData"), "VSSD")
-
-
-def sim_vm(sim: Simulation, name: str) -> Vm:
-    """The simulator's record of a realized VM (to check effects, not to drive them)."""
-    return sim.world.vm(name)
 
 
 def object_path(host: str, epr: EndpointReference) -> str:

@@ -50,7 +50,7 @@ def test_checkpoint_chain_reads_through_to_the_frozen_parent(tmp_path: Path) -> 
     child = tmp_path / "vm_0A1B.avhdx"
     disks.create_differencing(child, parent, "C:\\ClusterStorage\\Volume1\\vm\\vm.vhdx")
     disks.guest_write(child, 5 * MiB + 4096, b"\x5a" * 3000, parent=parent)
-    chain = resolve_chain(lambda p: open_file(p), str(child))
+    chain = resolve_chain(open_file, str(child))
     try:
         assert len(chain.disks) == 2
         ours = _sha_virtual(chain.read_virtual, 16 * MiB)

@@ -90,6 +90,7 @@ def test_wrong_password_is_refused_without_leaking_it(sim: Simulation, caplog: p
     with _connector(sim, password=secret) as conn, pytest.raises(AuthenticationError) as info:
         take_inventory(conn, "HV01")
     assert sim.user in str(info.value)
+    assert "HV01" in str(info.value)  # the node's name, not only the mapped address
     assert secret not in str(info.value)
     assert secret not in repr(info.value.__dict__)
     assert all(secret not in r.getMessage() for r in caplog.records)

@@ -226,7 +226,7 @@ def test_import_with_a_new_identifier(conn: Connector, estate: Simulation) -> No
     with pytest.raises(MethodFailedError) as missing:
         _call(hv01, service(hv01, VSMS), "ImportSystemDefinition",
               [("SystemDefinitionFile", "C:\\nowhere\\x.vmcx"), ("GenerateNewSystemIdentifier", True)])
-    assert missing.value.return_value == 32779 and "File in Use" in str(missing.value)
+    assert missing.value.return_value == 32779
 
 
 def test_validate_finds_missing_switch_and_disks_then_fix_ups_realize(conn: Connector,
