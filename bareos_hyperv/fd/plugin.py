@@ -148,8 +148,12 @@ class BareosFdHyperV:
         self.kind = kind
         agent = AgentProcess(self.options.get_str("agent_python"), self.log,
                              timeout=self.options.get_int("agent_timeout"))
-        self.agent = agent
-        agent.start()
+        self.agent = agent  # before start(): a cancel during start-up must find it
+        try:
+            agent.start()
+        except BaseException:
+            self.agent = None
+            raise
         if self.canceled:  # cancel arrived while the agent was starting
             agent.abort("the job was canceled")
             raise ProtocolError("the job was canceled")

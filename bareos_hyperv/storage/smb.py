@@ -323,6 +323,14 @@ def message_signature(connection: Any, header: Any, key: bytes, response: bool) 
     return h.digest()[:16]
 
 
+# The fast path overrides smbprotocol internals (checked on 1.17); fall back to the stock classes
+# if a future smbprotocol moves them, rather than fail at run time.
+_FAST_PATH = all(hasattr(Tcp, a) for a in ("_recv", "MAX_SIZE")) and all(
+    hasattr(Connection, a) for a in ("verify_signature", "_decrypt", "_process_message_thread")
+)
+_CONNECTION: Any = _FastConnection if _FAST_PATH else Connection
+
+
 class _Retryable(Exception):
     """Internal: the connection is gone; reconnecting may help."""
 
@@ -456,7 +464,7 @@ class SmbStorage:
         return s
 
     def _connect(self, s: _Server) -> None:
-        conn = _FastConnection(uuid.uuid4(), s.host, s.port, require_signing=True)
+        conn = _CONNECTION(uuid.uuid4(), s.host, s.port, require_signing=True)
         try:
             conn.connect(timeout=self.options.timeout)
         except ValueError as exc:  # smbprotocol reports a failed TCP connect as ValueError

@@ -17,6 +17,7 @@ from smbprotocol.header import Commands, Smb2Flags, SMB2HeaderResponse
 
 from bareos_hyperv.errors import StorageError
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.storage import smb as smb_module
 from bareos_hyperv.storage.base import (
     StorageAccessDenied,
     StorageAuthError,
@@ -112,6 +113,12 @@ def test_signature_matches_smbprotocol(dialect: int, algorithm: int | None, comm
     data = header["data"].get_value()
     header["data"] = data[:-1] + bytes([data[-1] ^ 1])  # one bit flipped
     assert message_signature(conn, header, key, True) != expected
+
+
+def test_fast_path_is_in_use_with_this_smbprotocol() -> None:
+    # If smbprotocol moved the internals the fast path overrides, SmbStorage falls back to the
+    # stock (slower) classes; this says so instead of letting throughput drop silently.
+    assert smb_module._FAST_PATH
 
 
 # -- negotiation ------------------------------------------------------------------------------------
