@@ -3,7 +3,7 @@
 It drives a plugin module exactly as the real file daemon does and never imports
 ``bareos_hyperv``.
 
-Pieces (specification: ``/work/shared/reference/bareos-python-fd.md``):
+Pieces (specification: the team reference ``shared/reference/bareos-python-fd.md``):
 
 - :mod:`fdsim.fd` - :class:`~fdsim.fd.FdSim`, the emulated fd core: backup (F/I/D, accurate),
   restore (most recent, one job, file filter, ``where``, ``replace``, ``pluginoptions``),

@@ -1,6 +1,6 @@
 r"""Legacy VHD writer and reader for the simulator (big-endian, Hyper-V flavour).
 
-Layout as Windows writes it (compare /work/shared/fixtures/vhd/dissect-dynamic.vhd)::
+Layout as Windows writes it (compare tests/fixtures/shared/vhd/dissect-dynamic.vhd)::
 
     0       footer copy (dynamic/differencing only)
     512     dynamic header (1024 bytes)

@@ -2,7 +2,7 @@ r"""VHDX (MS-VHDX v1) writer and reader for the simulator.
 
 Written independently of the product's reader so that the two check each other.
 The layout copies what Hyper-V (Windows 10 / Server 2016+) writes, as seen in
-Windows-made fixtures (/work/shared/fixtures/vhd)::
+Windows-made fixtures (tests/fixtures/shared/vhd)::
 
     0 MiB   file type identifier, header 1 (64 KiB), header 2 (128 KiB),
             region table 1 (192 KiB), region table 2 (256 KiB)

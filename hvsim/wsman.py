@@ -7,7 +7,7 @@ selector filter; optimized enumeration; EPR modes) and Invoke of CIM methods wit
 references and embedded CIM-XML instances.  The HTTP server and authentication are
 elsewhere; this module only sees bytes and a context with ``.username``.
 
-Fault shapes follow the recorded Windows faults in ``/work/shared/fixtures/wsman-soap``:
+Fault shapes follow the recorded Windows faults in ``tests/fixtures/shared/wsman-soap``:
 the WS-Addressing headers, ``s:Code``/``s:Subcode``, ``s:Reason``, optional
 ``w:FaultDetail``, ``f:WSManFault`` with ``Code`` and ``Machine``, and for errors that
 come from WMI an ``f:ProviderFault`` (``WsmWmiPl.dll``) with a nested ``f:WSManFault``

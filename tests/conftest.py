@@ -9,8 +9,9 @@ import pytest
 
 from hvsim.simulation import Simulation
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+# Third-party fixtures (real Windows/Hyper-V data), copied from the team's shared folder with their
+# licences and provenance, so that a clean clone runs every test (tests/fixtures/shared/PROVENANCE.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "shared"
 
 
 @pytest.fixture

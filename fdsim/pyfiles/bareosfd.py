@@ -3,7 +3,7 @@
 fdsim places this directory on the sys.path of every job's sub-interpreter, so a plugin's
 ``import bareosfd`` finds this file the way it finds ``bareosfd.<EXT_SUFFIX>`` in PY3MODDIR
 under the real fd.  Constants, packet types and member semantics follow
-``/work/shared/reference/bareos-python-fd.md`` §4 and §5 (read from
+the team reference ``shared/reference/bareos-python-fd.md`` §4 and §5 (read from
 ``core/src/plugins/filed/python/module/bareosfd.{h,cc}`` of Release/25.1.0).
 
 The functions that reach the core (``JobMessage``, ``GetValue``, ...) go through a per-thread

@@ -20,7 +20,7 @@ from hvsim.cimxml import (
     produce_instance,
 )
 
-FIXTURES = sorted(Path("/work/shared/fixtures/cim-xml").glob("*.xml"))
+FIXTURES = sorted((Path(__file__).resolve().parents[2] / "tests/fixtures/shared/cim-xml").glob("*.xml"))
 P = PropDef
 
 

@@ -15,7 +15,7 @@ import pytest
 from hvsim import disks, vhd, vhdx
 
 MiB = 1024 * 1024
-FIXTURES = Path("/work/shared/fixtures/vhd")
+FIXTURES = (Path(__file__).resolve().parents[2] / "tests/fixtures/shared/vhd")
 QEMU_IMG = shutil.which("qemu-img")
 needs_qemu = pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img not installed")
 QEMU_FMT = {"vhd": "vpc", "vhdx": "vhdx"}

@@ -4,7 +4,7 @@ A small in-test repository stands in for the Hyper-V world: a VM and a host, the
 settings, a RASD family with subclasses, two association classes, a job, services with
 methods that return 4096 + a job, embedded instances in and out, uint64 arrays.
 Fault shapes are compared with the recorded Windows faults in
-/work/shared/fixtures/wsman-soap.
+tests/fixtures/shared/wsman-soap.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from hvsim.faults import WSMAN_FAULT, FaultPlan
 from hvsim.requestlog import RequestLog
 from hvsim.wsman import Dispatcher
 
-FIXTURES = Path("/work/shared/fixtures/wsman-soap")
+FIXTURES = (Path(__file__).resolve().parents[2] / "tests/fixtures/shared/wsman-soap")
 
 S = "http://www.w3.org/2003/05/soap-envelope"
 A = "http://schemas.xmlsoap.org/ws/2004/08/addressing"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bareos_hyperv.storage.vhd.crc32c import CRC32C_POLYNOMIAL_REFLECTED, crc32c
 
-FIXTURES = Path("/work/shared/fixtures/vhd")
+FIXTURES = (Path(__file__).resolve().parents[2] / "tests/fixtures/shared/vhd")
 
 
 def _crc32c_bitwise(data: bytes) -> int:

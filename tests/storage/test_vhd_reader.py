@@ -75,7 +75,7 @@ from bareos_hyperv.storage.vhd.structures import (
     vhdx_checksum,
 )
 
-FIXTURES = Path("/work/shared/fixtures/vhd")
+FIXTURES = (Path(__file__).resolve().parents[2] / "tests/fixtures/shared/vhd")
 QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 QEMU_IO = shutil.which("qemu-io")
 KiB = 1024

@@ -34,7 +34,7 @@ from bareos_hyperv.storage.vhd.structures import (
     vhdx_checksum,
 )
 
-FIXTURES = Path("/work/shared/fixtures/vhd")
+FIXTURES = (Path(__file__).resolve().parents[2] / "tests/fixtures/shared/vhd")
 GUID = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 # The same GUID in Windows mixed-endian (bytes_le) order and in RFC 4122 (big-endian) order, by hand.
 GUID_LE = bytes.fromhex("33221100 5544 7766 8899 aabbccddeeff".replace(" ", ""))
@@ -257,7 +257,7 @@ def test_vhd_unique_ids_of_windows_files_are_version_4_guids(tmp_path: Path) -> 
     """Windows writes VHD UniqueId as a GUID structure (mixed-endian), as Hyper-V's DiskIdentifier shows."""
     from bareos_hyperv.storage.vhd import open_file
 
-    fixtures = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "vhd"
+    fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "shared" / "vhd"
     for name in ("dissect-fixed.vhd.gz", "dissect-dynamic.vhd.gz"):
         out = tmp_path / name[:-3]
         out.write_bytes(gzip.decompress((fixtures / name).read_bytes()))

@@ -1,7 +1,7 @@
 """Fully populated manifests for the manifest tests: a clustered gen2 VM and a standalone gen1 VM.
 
 Captured settings are real CIM-XML: the recorded Hyper-V fixtures in
-``/work/shared/fixtures/cim-xml`` and instances written by ``wsman.cim.to_cimxml``.
+``tests/fixtures/shared/cim-xml`` and instances written by ``wsman.cim.to_cimxml``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from bareos_hyperv.model.vm import (
 )
 from bareos_hyperv.wsman.cim import CimInstance, EndpointReference, to_cimxml
 
-CIMXML_DIR = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "cim-xml"
+CIMXML_DIR = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "shared" / "cim-xml"
 CIMXML_FILES = sorted(CIMXML_DIR.glob("*.xml"))
 
 CLUSTER_VM = "5B2C8E61-0F3A-4C5D-9E7B-1A2B3C4D5E6F"

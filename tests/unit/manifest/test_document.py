@@ -21,7 +21,7 @@ from bareos_hyperv.model.backup import CapturedSettings, PartKind, SaveSetPart
 from bareos_hyperv.wsman.cim import parse_cimxml
 
 NS = {"m": NAMESPACE}
-CIMXML_FILES = sorted((Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "cim-xml").glob("*.xml"))
+CIMXML_FILES = sorted((Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "shared" / "cim-xml").glob("*.xml"))
 
 
 def _edit(data: bytes, old: str, new: str) -> bytes:

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared")
 
 
 def load_replay_server() -> ModuleType:

@@ -34,7 +34,7 @@ NS = {
     "wsmid": "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd",
 }
 V2 = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2"
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared")
 
 
 @dataclass

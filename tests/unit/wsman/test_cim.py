@@ -24,7 +24,7 @@ from bareos_hyperv.wsman.cim import (
 )
 from bareos_hyperv.wsman.errors import CimDataError
 
-CIMXML = sorted((Path("/work/shared/fixtures") / "cim-xml").glob("*.xml"))
+CIMXML = sorted(((Path(__file__).resolve().parents[3] / "tests/fixtures/shared") / "cim-xml").glob("*.xml"))
 V2 = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2"
 
 

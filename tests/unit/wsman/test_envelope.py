@@ -23,7 +23,7 @@ NS = {
     "p": "http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd",
     "cim": "http://schemas.dmtf.org/wbem/wscim/1/common",
 }
-SOAP = Path("/work/shared/fixtures/wsman-soap")
+SOAP = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared/wsman-soap")
 V2 = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2"
 OPTS = env.HeaderOptions(to="http://hv01:5985/wsman", operation_timeout=60, max_envelope_size=512000)
 VM = EndpointReference.build(

@@ -19,7 +19,7 @@ from bareos_hyperv.wsman.errors import (
 )
 from bareos_hyperv.wsman.faults import find_fault, parse_fault
 
-SOAP = Path("/work/shared/fixtures/wsman-soap")
+SOAP = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared/wsman-soap")
 URI = "http://schemas.microsoft.com/wbem/wsman/1/wmi/root/virtualization/v2/Msvm_ComputerSystem"
 GET = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get"
 
