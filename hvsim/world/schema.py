@@ -72,7 +72,7 @@ _MsvmVSSD = (*_VSSD, "VirtualSystemSubType:string", "Version:string", "Parent:st
              "AutomaticCriticalErrorActionTimeout:datetime", "GuestStateDataRoot:string",
              "GuestStateFile:string", "GuestStateIsolationEnabled:boolean", "LowMmioGapSize:uint64",
              "HighMmioGapSize:uint64", "VirtualNumaEnabled:boolean", "EnhancedSessionTransportType:uint16",
-             "Architecture:uint16", "AllowFullSCSICommandSet:boolean", "AllowReducedFcRedundancy:boolean",
+             "Architecture:string", "AllowFullSCSICommandSet:boolean", "AllowReducedFcRedundancy:boolean",
              "DebugChannelId:uint32", "DebugPort:uint32", "DebugPortEnabled:uint16")
 _RASD = (*_SettingData, "ResourceType:uint16", "OtherResourceType:string", "ResourceSubType:string",
          "PoolID:string", "ConsumerVisibility:uint16", "HostResource:string[]", "AllocationUnits:string",
@@ -91,7 +91,7 @@ _MsvmSASD = (*_SASD, "IOPSLimit:uint64", "IOPSReservation:uint64", "IOPSAllocati
 _EthPortASD = (*_RASD, "DesiredVLANEndpointMode:uint16", "OtherEndpointMode:string")
 _SyntheticNic = (*_EthPortASD, "VirtualSystemIdentifiers:string[]", "StaticMacAddress:boolean",
                  "ClusterMonitored:boolean", "DeviceNamingEnabled:boolean", "InterruptModeration:boolean",
-                 "AllowPacketDirect:boolean", "NumaAwarePlacement:boolean", "MediaType:uint16")
+                 "AllowPacketDirect:boolean", "NumaAwarePlacement:boolean", "MediaType:uint32")
 _EPASD = (*_EthPortASD, "EnabledState:uint16", "LastKnownSwitchName:string", "RequiredFeatures:string[]",
           "RequiredFeatureHints:string[]", "TestReplicaPoolID:string", "TestReplicaSwitchName:string",
           "CompartmentGuid:string")

@@ -1025,7 +1025,7 @@ def base_config(vm_id: str, name: str, generation: int, version: str, folder: st
         "VirtualNumaEnabled": True,
         "LowMmioGapSize": 128,
         "HighMmioGapSize": 512,
-        "Architecture": 0,
+        "Architecture": "x64",
         "EnhancedSessionTransportType": 0,
     }
     return Config(vssd=vssd, settings=[])

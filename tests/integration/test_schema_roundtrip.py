@@ -27,14 +27,10 @@ VIRTUAL_HARD_DISK = "Microsoft:Hyper-V:Virtual Hard Disk"
 
 # Where the simulator's schema and Microsoft's disagree: (class, property) -> (product, simulator, evidence).
 # In both cases the simulator is the one that is wrong; hvsim is not ours to edit (reported instead).
-KNOWN_SIMULATOR_ERRORS: Dict[Tuple[str, str], Tuple[str, str, str]] = {
-    (C.VSSD, "Architecture"): (
-        "string", "uint16",
-        "learn.microsoft.com Msvm_VirtualSystemSettingData MOF: 'string Architecture;' (values x64, arm64)"),
-    (C.SYNTHETIC_NIC_SD, "MediaType"): (
-        "uint32", "uint16",
-        "microsoft/wmi wmigen from root\\virtualization\\v2 (2020, 2024, 2025): MediaType uint32"),
-}
+# Disagreements between the product's table and the simulator's schema that are the simulator's
+# error per Microsoft's sources: (product type, simulator type, evidence).  Empty now that the
+# simulator follows the MOF for VSSD.Architecture (string) and MediaType (uint32).
+KNOWN_SIMULATOR_ERRORS: Dict[Tuple[str, str], Tuple[str, str, str]] = {}
 
 
 def _sim_type(class_name: str, prop: str) -> Optional[str]:

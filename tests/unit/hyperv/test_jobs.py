@@ -39,7 +39,8 @@ VM = EndpointReference.build(
     "Msvm_ComputerSystem",
     {"CreationClassName": "Msvm_ComputerSystem", "Name": "VM-1"},
 )
-MSVM_ERROR = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared/cim-xml/nova-hv12osdemo1-Msvm_Error-v2-migration-job.xml")
+MSVM_ERROR = (Path(__file__).resolve().parents[3] / "tests/fixtures/shared/cim-xml"
+              / "nova-hv12osdemo1-Msvm_Error-v2-migration-job.xml")
 
 
 def _load() -> ModuleType:
