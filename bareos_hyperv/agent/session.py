@@ -200,9 +200,13 @@ class Session:
         if self.source is None:
             raise ProtocolError("ListFiles is only valid in a backup job")
         files = self.source.list_files()
-        self._listed = {f.name: f for f in files}
-        log.info("%d item(s), %d bytes to save from source %s", len(files), sum(f.size for f in files),
-                 self.start.source)
+        for f in files:
+            if f.name in self._listed:
+                raise ProtocolError(f"source {self.start.source} listed {f.name!r} twice")
+            self._listed[f.name] = f
+        if files:
+            log.info("%d item(s), %d bytes to save from source %s", len(files), sum(f.size for f in files),
+                      self.start.source)
         return files
 
     def entry(self, name: str) -> FileEntry:
@@ -237,7 +241,10 @@ class Session:
             raise pump.error
         self.files_done += 1
         self.bytes_done += pump.bytes
-        return FileDone(name=name, bytes=pump.bytes, sha256=pump.sha256.hexdigest(), seconds=pump.seconds)
+        digest = pump.sha256.hexdigest()
+        if self.source is not None:
+            self.source.file_done(self._listed[name], pump.bytes, digest)
+        return FileDone(name=name, bytes=pump.bytes, sha256=digest, seconds=pump.seconds)
 
     # -- restore ---------------------------------------------------------------------------------
 

@@ -45,16 +45,25 @@ class SourceContext(Protocol):
 
 
 class Source(Protocol):
-    """One backup producer."""
+    """One backup producer.
+
+    ``list_files`` is called repeatedly: each call returns the next batch of items, and an
+    empty batch ends the job.  A source that works in stages (Hyper-V: one VM at a time,
+    each VM cleaned up before the next) does one stage per batch; the next call means every
+    item of the previous batch was saved.
+    """
 
     def list_files(self) -> List[FileEntry]:
-        """The items to save, in order (names unique)."""
+        """The next batch of items to save, in order (names unique in the job); [] when done."""
 
     def open(self, entry: FileEntry) -> FileReader:
         """Open one listed item for sequential reading."""
 
+    def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
+        """One item was saved completely: its size and SHA-256 as the core received them."""
+
     def close(self) -> None:
-        """Release connections (idempotent)."""
+        """Release connections (idempotent); undo unfinished work when the job did not complete."""
 
 
 def _split_list(value: str) -> List[str]:
@@ -70,6 +79,7 @@ class FilesSource:
             raise ConfigurationError("source=files needs at least one path", what_to_do="set paths=/dir/or/file")
         self._storage = LocalStorage()
         self._where: Dict[str, str] = {}
+        self._listed = False
 
     def _add(self, out: List[FileEntry], path: PurePosixPath) -> None:
         st = self._storage.stat(LocalLocation(path))
@@ -84,7 +94,10 @@ class FilesSource:
         out.append(FileEntry(name=name, size=st.size, mtime=int(st.mtime), mode=DEFAULT_MODE))
 
     def list_files(self) -> List[FileEntry]:
-        """Walk every configured path."""
+        """Walk every configured path (one batch)."""
+        if self._listed:
+            return []
+        self._listed = True
         self._where = {}
         out: List[FileEntry] = []
         for raw in self._paths:
@@ -102,6 +115,9 @@ class FilesSource:
     def open(self, entry: FileEntry) -> FileReader:
         """Open a listed file."""
         return self._storage.open_read(LocalLocation(PurePosixPath(self._where[entry.name])))
+
+    def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
+        """Nothing to record."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -140,7 +156,9 @@ class SmbSource:
         out.append(FileEntry(name=name, size=st.size, mtime=int(st.mtime), mode=DEFAULT_MODE))
 
     def list_files(self) -> List[FileEntry]:
-        """Stat (and walk) every configured path on the share."""
+        """Stat (and walk) every configured path on the share (one batch)."""
+        if self._where:
+            return []
         self._where = {}
         out: List[FileEntry] = []
         for path in self._paths:
@@ -151,13 +169,23 @@ class SmbSource:
         """Open a listed file for pipelined reading."""
         return self._storage.open_read(self._where[entry.name])
 
+    def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
+        """Nothing to record."""
+
     def close(self) -> None:
         """Log off from the server."""
         self._storage.close()
 
 
 SourceFactory = Callable[[SourceContext], Source]
-SOURCES: Dict[str, SourceFactory] = {"files": FilesSource, "smb": SmbSource}
+def _hyperv(ctx: SourceContext) -> Source:
+    # Imported on use: the Hyper-V stack (lxml, pywinrm) is not needed by the other sources.
+    from bareos_hyperv.agent.hyperv_backup import HyperVBackupSource
+
+    return HyperVBackupSource(ctx)
+
+
+SOURCES: Dict[str, SourceFactory] = {"hyperv": _hyperv, "files": FilesSource, "smb": SmbSource}
 
 
 def make_source(name: str, ctx: SourceContext) -> Source:

@@ -26,7 +26,9 @@ Value = Union[str, int, bool]
 
 TRUE_WORDS = frozenset({"yes", "on", "true", "1"})
 FALSE_WORDS = frozenset({"no", "off", "false", "0"})
-SOURCES = ("files", "smb")
+SOURCES = ("hyperv", "files", "smb")
+CONSISTENCY = ("application", "application-required", "crash")
+TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,28 @@ def make_opt(kind: type, default: Optional[Value] = None, *, required_for: Tuple
 
 
 OPTIONS: Dict[str, OptionSpec] = {
-    "source": make_opt(str, required_for=SOURCES, choices=SOURCES, help="what to stream: files or smb"),
+    "source": make_opt(str, "hyperv", choices=SOURCES,
+                       help="what to stream: hyperv (VMs), or files / smb for diagnostics"),
+    # -- Hyper-V (source=hyperv) --
+    "host": make_opt(str, required_for=("hyperv",), help="a Hyper-V host, a cluster node or the cluster name"),
+    "vm": make_opt(str, required_for=("hyperv",),
+                   help="VM names or GUIDs, comma-separated; shell-style wildcards allowed"),
+    "exclude_vm": make_opt(str, help="VM names, GUIDs or patterns to leave out"),
+    "username": make_opt(str, help="account when credentials_file= is not used (password from the environment)"),
+    "transport": make_opt(str, "ntlm", choices=TRANSPORTS, help="WinRM authentication"),
+    "https": make_opt(bool, False, help="WinRM over HTTPS (5986) instead of encrypted HTTP (5985)"),
+    "port": make_opt(int, help="WinRM port"),
+    "ca_trust_path": make_opt(str, help="CA bundle that signs the hosts' WinRM HTTPS certificates"),
+    "cert_validation": make_opt(bool, True, help="verify WinRM HTTPS certificates"),
+    "host_map": make_opt(str, help="NODE=address[:port],... WinRM endpoints when names do not resolve"),
+    "smb_host_map": make_opt(str, help="NODE=address[:port],... SMB endpoints when names do not resolve"),
+    "data": make_opt(str, "smb", choices=("smb", "local"), help="read disks over SMB or from local mounts"),
+    "share_map": make_opt(str, help="HOSTPATH=\\\\server\\share;... SMB shares for host paths"),
+    "path_map": make_opt(str, help="HOSTPATH=/local/dir;... local mounts for host paths (data=local)"),
+    "consistency": make_opt(str, "application", choices=CONSISTENCY,
+                            help="application (crash fallback with a warning), application-required or crash"),
+    "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)"),
+    "timeout": make_opt(int, 1800, help="seconds a Hyper-V operation (checkpoint, export) may take"),
     "paths": make_opt(str, required_for=("files",), help="comma-separated absolute local paths"),
     "smb_server": make_opt(str, required_for=("smb",), help="SMB server name (e.g. a Hyper-V node)"),
     "smb_share": make_opt(str, required_for=("smb",), help="share name, e.g. C$"),
@@ -137,7 +160,7 @@ class PluginOptions:
 
     def missing(self) -> List[str]:
         """Mandatory options not set, for the configured source (all of them)."""
-        source = self._values.get("source")
+        source = self.get("source")
         out = []
         for key, spec in self.specs.items():
             if key in self._values or spec.default is not None or not spec.required_for:

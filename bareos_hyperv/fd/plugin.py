@@ -211,15 +211,19 @@ class BareosFdHyperV:
 
     # -- backup ----------------------------------------------------------------------------------
 
+    def _next_batch(self) -> bool:
+        """Ask the agent for the next batch of items; False when the source is done."""
+        agent = self._ensure_agent(JobKind.BACKUP)
+        reply, _ = agent.request(ListFiles(), FileList, what="listing what to back up")
+        self.files.extend(reply.files)
+        return bool(reply.files)
+
     @_callback
     def start_backup_file(self, savepkt: Any) -> int:
-        """Describe the next item; the first call starts the agent and fetches the list."""
+        """Describe the next item; the first call starts the agent and fetches the first batch."""
         if not self.listed:
-            agent = self._ensure_agent(JobKind.BACKUP)
-            reply, _ = agent.request(ListFiles(), FileList, what="listing what to back up")
-            self.files = list(reply.files)
             self.listed = True
-            if not self.files:
+            if not self._next_batch():
                 self.log.warning(f"source {self.options.source} has nothing to back up")
                 return int(bareosfd.bRC_Stop)
         entry = self.files[self.index]
@@ -230,10 +234,17 @@ class BareosFdHyperV:
                                             mtime=entry.mtime, ctime=entry.mtime)
         return int(bareosfd.bRC_OK)
 
+    @_callback
     def end_backup_file(self) -> int:
-        """More items follow until the list is done."""
+        """More items follow until the source has no further batch.
+
+        Sources that work in stages (one VM at a time) finish a stage when asked for the next
+        batch, so that request comes only after every item of the stage reached the core.
+        """
         self.index += 1
-        if self.index < len(self.files) and not (self.failed or self.canceled):
+        if self.failed or self.canceled:
+            return int(bareosfd.bRC_OK)
+        if self.index < len(self.files) or self._next_batch():
             return int(bareosfd.bRC_More)
         return int(bareosfd.bRC_OK)
 

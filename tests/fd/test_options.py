@@ -44,7 +44,7 @@ def test_booleans(word: str, value: bool) -> None:
     [("smb_encrypt", "maybe", "smb_encrypt=maybe is not a yes/no value"),
      ("agent_timeout", "10s", "agent_timeout=10s is not a whole number"),
      ("smb_port", "0x1bd", "smb_port=0x1bd is not a whole number"),
-     ("source", "tape", "source=tape is not one of files, smb")],
+     ("source", "tape", "source=tape is not one of hyperv, files, smb")],
 )
 def test_bad_values_name_option_and_value(key: str, raw: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -62,10 +62,13 @@ def test_all_missing_mandatory_options_are_reported_together() -> None:
     assert "paths" not in text.replace("smb_paths", "")  # only the smb source's options
 
 
-def test_without_source_everything_any_source_needs_is_listed() -> None:
+def test_hyperv_is_the_default_source_and_needs_host_and_vm() -> None:
     opts = PluginOptions()
-    assert opts.missing()[0] == "source"
-    assert set(opts.missing()) == {k for k, s in OPTIONS.items() if s.required_for and s.default is None}
+    assert opts.source == "hyperv"
+    assert set(opts.missing()) == {"host", "vm"}
+    with pytest.raises(ConfigurationError) as info:
+        opts.check()
+    assert "host" in str(info.value) and "vm" in str(info.value)
 
 
 def test_restore_options_are_accepted_and_defaulted() -> None:
