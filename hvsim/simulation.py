@@ -65,6 +65,7 @@ class Simulation:
         smb_encrypt: bool = False,
     ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.faults = faults if faults is not None else (world.faults if world is not None else FaultPlan())
         self.world = world if world is not None else default_world(root / "estate", faults=self.faults)
         self.log = RequestLog()

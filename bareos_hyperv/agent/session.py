@@ -178,6 +178,11 @@ class Session:
         """The job's options."""
         return self._options
 
+    @property
+    def job_id(self) -> int:
+        """The Bareos JobId."""
+        return self.start.jobid
+
     def credentials(self) -> Credentials:
         """Credentials sent with StartJob, else those of ``credentials_file``."""
         if self._credentials is None:

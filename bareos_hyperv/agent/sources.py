@@ -43,6 +43,10 @@ class SourceContext(Protocol):
     def credentials(self) -> Credentials:
         """The account for remote sources; raises ConfigurationError when none was given."""
 
+    @property
+    def job_id(self) -> int:
+        """The Bareos JobId of this job."""
+
 
 class Source(Protocol):
     """One backup producer.

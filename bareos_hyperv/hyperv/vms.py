@@ -174,7 +174,7 @@ def normalise(vm: VmSummary, settings: VmSettings, switches: Sequence[Switch]) -
             memory_mb = dev.opt_int("VirtualQuantity") or 0
             dynamic = bool(dev.opt_bool("DynamicMemoryEnabled"))
 
-    controllers = _controllers(settings.devices)
+    controllers = controller_slots(settings.devices)
     drives = _drives(settings.devices, by_id, controllers)
     adapters = _adapters(settings.devices, by_id, switches)
     return VmConfig(
@@ -200,7 +200,7 @@ def _instance_id_of_path(path: Optional[str]) -> Optional[str]:
     return (parse_wmi_path(path).key("InstanceID") or "").lower() or None
 
 
-def _controllers(devices: Sequence[CimInstance]) -> dict[str, tuple[ControllerKind, int]]:
+def controller_slots(devices: Sequence[CimInstance]) -> dict[str, tuple[ControllerKind, int]]:
     """Controller InstanceID -> (kind, index); SCSI index = order among the VM's SCSI controllers."""
     result: dict[str, tuple[ControllerKind, int]] = {}
     scsi = 0

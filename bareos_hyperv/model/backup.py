@@ -48,6 +48,7 @@ class Consistency(enum.Enum):
 
     APPLICATION = "application"
     CRASH = "crash"
+    COLD = "cold"  # the VM was off or saved: its disks were not changing, so the copy is whole
 
 
 class PartKind(enum.Enum):

@@ -152,6 +152,9 @@ class Storage(Protocol):
     def delete(self, location: Location, *, missing_ok: bool = False) -> None:
         """Delete a file."""
 
+    def rmdir(self, location: Location, *, missing_ok: bool = False) -> None:
+        """Remove an empty directory."""
+
     def stat(self, location: Location) -> FileStat:
         """Size, mtime, directory flag."""
 

@@ -303,6 +303,15 @@ class LocalStorage:
             if not (missing_ok and exc.errno == errno.ENOENT):
                 raise _error(exc, "delete", p) from None
 
+    def rmdir(self, location: Location, *, missing_ok: bool = False) -> None:
+        """Remove an empty directory."""
+        p = _path(location)
+        try:
+            os.rmdir(p)
+        except OSError as exc:
+            if not (missing_ok and exc.errno == errno.ENOENT):
+                raise _error(exc, "rmdir", p) from None
+
     def stat(self, location: Location) -> FileStat:
         """Size, mtime and directory flag (symlinks followed, as SMB does for the CSV link)."""
         p = _path(location)

@@ -825,6 +825,25 @@ class SmbStorage:
             if not missing_ok:
                 raise
 
+    def rmdir(self, location: Location, *, missing_ok: bool = False) -> None:
+        """Remove an empty directory (delete-on-close of the directory handle)."""
+        loc = self._smb(location)
+
+        def fn() -> None:
+            h = self._create(
+                loc,
+                DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+                CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
+            )
+            h.close(get_attributes=False)
+
+        try:
+            self._call("rmdir", loc, fn, retry=False)
+        except StorageNotFound:
+            if not missing_ok:
+                raise
+
     def rename(self, source: Location, target: Location, *, replace: bool = False) -> None:
         """Rename within one share; :class:`StorageExists` if ``target`` exists and ``replace`` is false."""
         src, dst = self._smb(source), self._smb(target)

@@ -1,0 +1,506 @@
+"""Full backup of Hyper-V VMs: the ``hyperv`` source of the agent (``DESIGN.md`` "Backup, per VM").
+
+The job works one VM at a time, and each VM is finished and cleaned up before the next
+starts.  The fd asks for items in batches (:class:`~bareos_hyperv.agent.sources.Source`), so
+for every VM the source hands out two batches:
+
+1. ``manifest.xml``, ``config/*`` (configuration-only export of the checkpoint) and
+   ``disks/<n>-<file>`` (every file of every disk chain, frozen by the checkpoint);
+2. ``SHA256SUMS``: the digest of every file of the VM's tree as the core received it,
+   listed once the data is saved and the checkpoint has become a reference point.
+
+The manifest comes first so that a restore meets it before any data; digests can only be
+known after the bytes went through, hence the trailer (``sha256sum -c`` reads it as it is).
+
+Cleanup is part of every outcome: the checkpoint becomes a reference point on success and is
+destroyed otherwise, the staging folder is removed, and recovery checkpoints an interrupted
+job of this plugin left behind are removed before a new one is taken.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import logging
+import stat as stat_mod
+import time
+from dataclasses import dataclass, field
+from pathlib import PureWindowsPath
+from typing import Dict, List, Optional, Sequence
+
+from bareos_hyperv import __version__
+from bareos_hyperv.agent.sources import SourceContext
+from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVError, StorageError
+from bareos_hyperv.hyperv import cluster as clusterops
+from bareos_hyperv.hyperv import vms as vmops
+from bareos_hyperv.hyperv.checkpoints import Achieved, Checkpoint, CheckpointManager
+from bareos_hyperv.hyperv.checkpoints import Consistency as ConsistencyOption
+from bareos_hyperv.hyperv.connection import Connector, parse_host_map
+from bareos_hyperv.hyperv.exporter import export_configuration
+from bareos_hyperv.hyperv.host import host_facts
+from bareos_hyperv.hyperv.images import ImageService
+from bareos_hyperv.hyperv.schema import to_typed_cimxml
+from bareos_hyperv.hyperv.services import HostServices
+from bareos_hyperv.manifest.document import Manifest, VmSettings, to_xml
+from bareos_hyperv.manifest.layout import CONFIG_DIR, DISKS_DIR, MANIFEST_FILE, ROOT, escape_component, vm_directories
+from bareos_hyperv.model.backup import (
+    BackupFacts,
+    BackupLevel,
+    CapturedSettings,
+    Consistency,
+    ConsistencyMode,
+    Controller,
+    DiskBackup,
+    DiskFile,
+)
+from bareos_hyperv.model.cluster import ClusterFacts
+from bareos_hyperv.model.host import HostFacts
+from bareos_hyperv.model.vm import DriveKind, VmConfig
+from bareos_hyperv.protocol.messages import FileEntry
+from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFound
+from bareos_hyperv.storage.local import LocalStorage
+from bareos_hyperv.storage.locations import Location, LocationResolver, parse_path_map, parse_share_map
+from bareos_hyperv.wsman.cim import CimInstance
+from bareos_hyperv.wsman.errors import NotFoundFault
+from bareos_hyperv.wsman.transport import TransportOptions
+
+log = logging.getLogger("bareos_hyperv.agent.hyperv")
+
+TRAILER_FILE = "SHA256SUMS"
+STAGING_DIR = "bareos-hyperv-staging"
+FILE_MODE = stat_mod.S_IFREG | 0o640
+_MB = 1024 * 1024
+
+
+def _split(value: str, sep: str = ",") -> List[str]:
+    return [p.strip() for p in value.split(sep) if p.strip()]
+
+
+class MemoryReader:
+    """A generated item (manifest, digests) read like a file (:class:`FileReader`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self._size = len(data)
+
+    @property
+    def size(self) -> int:
+        """Length of the content."""
+        return self._size
+
+    def readinto(self, buf: Buffer) -> int:
+        """Fill ``buf`` from the current position."""
+        return self._data.readinto(buf)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all when negative)."""
+        return self._data.read(size)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Bytes at ``offset`` without moving the position."""
+        return bytes(self._data.getbuffer()[offset : offset + length])
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move the position."""
+        return self._data.seek(offset, whence)
+
+    def tell(self) -> int:
+        """The position."""
+        return self._data.tell()
+
+    def close(self) -> None:
+        """Release the buffer."""
+        self._data.close()
+
+    def __enter__(self) -> MemoryReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Item:
+    """One listed item of the current VM and where its bytes come from."""
+
+    entry: FileEntry
+    relative: str  # path inside the VM's directory (manifest.xml, config/x, disks/n-x)
+    location: Optional[Location] = None
+    content: Optional[bytes] = None
+
+
+@dataclass
+class _VmRun:
+    """State of the VM being backed up (so that cleanup knows what exists)."""
+
+    summary: vmops.VmSummary
+    node: str
+    directory: str  # @hyperv/<scope>/<vm-dir>
+    items: Dict[str, _Item] = field(default_factory=dict)
+    digests: Dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    checkpoint: Optional[Checkpoint] = None
+    manager: Optional[CheckpointManager] = None
+    staging: Optional[str] = None  # host path
+    staging_location: Optional[Location] = None
+    started: float = field(default_factory=time.monotonic)
+    bytes: int = 0
+    trailer_listed: bool = False
+
+
+class HyperVBackupSource:
+    """The ``hyperv`` backup source (see module docstring)."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        opts = ctx.options
+        self.job_id = ctx.job_id
+        self.entry = opts.get("host", "").strip()
+        self.wanted = _split(opts.get("vm", ""))
+        if not self.entry or not self.wanted:
+            raise ConfigurationError("source=hyperv needs host= and vm=",
+                                     what_to_do="name the Hyper-V host or cluster in host= and the VMs in vm=")
+        self.excluded = _split(opts.get("exclude_vm", ""))
+        self.consistency = ConsistencyOption.parse(opts.get("consistency", "application"))
+        self.timeout = float(opts.get("timeout", "1800"))
+        self.staging_root = opts.get("staging_path", "").strip() or None
+        credentials = ctx.credentials()
+        transport = TransportOptions(
+            transport=opts.get("transport", "ntlm"),
+            cert_validation=opts.get("cert_validation", "yes") == "yes",
+            ca_trust_path=opts.get("ca_trust_path") or None,
+        )
+        port = opts.get("port")
+        self.connector = Connector(credentials, transport, https=opts.get("https", "no") == "yes",
+                                   port=int(port) if port else None,
+                                   host_map=parse_host_map(opts.get("host_map", "")))
+        local = opts.get("data", "smb") == "local"
+        self.resolver = LocationResolver(parse_share_map(_split(opts.get("share_map", ""), ";")),
+                                         parse_path_map(_split(opts.get("path_map", ""), ";")), local=local)
+        self.storage: Storage
+        if local:
+            self.storage = LocalStorage()
+        else:
+            from bareos_hyperv.storage.smb import SmbOptions, SmbStorage  # smbprotocol only when used
+
+            smb_map = {k: (a, p or 445) for k, (a, p) in parse_host_map(opts.get("smb_host_map", "")).items()}
+            self.storage = SmbStorage.from_credentials(
+                credentials, endpoints=smb_map, options=SmbOptions(encrypt=opts.get("smb_encrypt", "no") == "yes"))
+        self._queue: Optional[List[vmops.VmSummary]] = None
+        self._dirs: Dict[str, str] = {}
+        self._scope = ""
+        self._cluster: Optional[ClusterFacts] = None
+        self._hosts: Dict[str, HostFacts] = {}
+        self._current: Optional[_VmRun] = None
+
+    # ------------------------------------------------------------------ Source
+
+    def list_files(self) -> List[FileEntry]:
+        """Next batch: a VM's items, then its digests; [] when every VM is done."""
+        if self._queue is None:
+            self._resolve()
+        run = self._current
+        if run is not None:
+            if not run.trailer_listed:
+                return [self._finish(run)]
+            self._current = None
+        assert self._queue is not None  # set by _resolve
+        if not self._queue:
+            return []
+        summary = self._queue.pop(0)
+        run = self._prepare(summary)
+        return [item.entry for item in run.items.values()]
+
+    def open(self, entry: FileEntry) -> FileReader:
+        """A reader for one listed item of the current VM."""
+        run = self._current
+        item = run.items.get(entry.name) if run is not None else None
+        if run is None or item is None:
+            raise StorageError(f"{entry.name} is not an item of the VM being backed up",
+                               what_to_do="report this as a bug with the job log")
+        if item.content is not None:
+            return MemoryReader(item.content)
+        assert item.location is not None  # items have content or a location
+        if item.relative.startswith(DISKS_DIR + "/"):
+            log.info("%s: saving disk %s (%.1f MB)", run.summary.ref.name, item.relative, entry.size / _MB)
+        return self.storage.open_read(item.location)
+
+    def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
+        """Record the digest of a saved item; report disk throughput."""
+        run = self._current
+        if run is None:
+            return
+        item = run.items.get(entry.name)
+        if item is None:
+            return
+        run.digests[item.relative] = sha256
+        run.bytes += size
+        if item.relative.startswith(DISKS_DIR + "/"):
+            log.info("%s: saved %s, %.1f MB", run.summary.ref.name, item.relative, size / _MB)
+
+    def close(self) -> None:
+        """End of job: undo an unfinished VM (checkpoint, staging), then disconnect."""
+        run, self._current = self._current, None
+        try:
+            if run is not None and not run.trailer_listed:
+                self._abort(run)
+        finally:
+            try:
+                self.storage.close()
+            finally:
+                self.connector.close()
+
+    # ------------------------------------------------------------------ resolution
+
+    def _resolve(self) -> None:
+        """Find the VMs the FileSet names (one inventory of the host or cluster)."""
+        client = self.connector.client(self.entry)
+        cluster = clusterops.cluster_of(client)
+        found: List[vmops.VmSummary] = []
+        if cluster is None:
+            self._scope = self.entry.upper()
+            nodes = [self.entry]
+        else:
+            self._cluster = clusterops.cluster_facts(client, cluster)
+            self._scope = self._cluster.name
+            nodes = [n.name for n in self._cluster.nodes if n.state in (0, 2)]
+        for node in nodes:
+            found.extend(vmops.list_vms(self.connector.client(node)))
+        selected = vmops.select_vms(found, self.wanted, self.excluded, where=self._scope)
+        self._dirs = vm_directories([v.ref for v in found])
+        self._queue = list(selected)
+        log.info("%d VM(s) to back up from %s: %s", len(selected), self._scope,
+                 ", ".join(v.ref.name for v in selected))
+
+    def _locate(self, summary: vmops.VmSummary) -> vmops.VmSummary:
+        """The VM as its owner node sees it now (it may have live-migrated since the inventory)."""
+        node = summary.node
+        if self._cluster is not None:
+            owner = clusterops.owner_node(self.connector.client(self.entry), summary.ref.guid)
+            node = owner or node
+        for candidate in vmops.list_vms(self.connector.client(node)):
+            if candidate.ref.guid == summary.ref.guid:
+                if candidate.node.upper() != summary.node.upper():
+                    log.info("%s is now on %s", summary.ref.name, candidate.node)
+                return candidate
+        raise HyperVError("the VM is no longer registered on its host",
+                          context={"vm": str(summary.ref), "host": node},
+                          what_to_do="check whether the VM was deleted or moved out of the cluster")
+
+    def _host(self, node: str) -> HostFacts:
+        key = node.upper()
+        if key not in self._hosts:
+            self._hosts[key] = host_facts(self.connector.client(node), name=key)
+        return self._hosts[key]
+
+    # ------------------------------------------------------------------ one VM
+
+    def _prepare(self, summary: vmops.VmSummary) -> _VmRun:
+        """Capture, checkpoint, export and list one VM's items (cleaned up on any failure)."""
+        try:
+            vm = self._locate(summary)
+        except NotFoundFault:
+            vm = self._locate(summary)  # migrated between the owner lookup and the listing: once more
+        vm_dir = self._dirs.get(vm.ref.guid, escape_component(vm.ref.name))
+        directory = f"{ROOT}/{escape_component(self._scope)}/{vm_dir}"
+        run = _VmRun(summary=vm, node=vm.node.upper(), directory=directory)
+        self._current = run
+        try:
+            self._capture_and_checkpoint(run)
+        except BaseException:
+            self._current = None
+            self._abort(run)
+            raise
+        return run
+
+    def _capture_and_checkpoint(self, run: _VmRun) -> None:
+        vm = run.summary
+        client = self.connector.client(run.node)
+        services = HostServices(client, run.node)
+        manager = CheckpointManager(services, timeout=self.timeout)
+        run.manager = manager
+        removed = manager.remove_stale(vm.epr)
+        for name in removed:
+            log.warning("%s: removed the recovery checkpoint '%s' that an interrupted earlier job left",
+                        vm.ref.name, name)
+        host = self._host(run.node)
+        settings = vmops.read_settings(client, vm)
+        config = vmops.normalise(vm, settings, host.switches)
+        images = ImageService(services, timeout=self.timeout)
+        disks, files = self._disks(config, images)
+
+        run.checkpoint = manager.create(vm.epr, vm.ref.guid, vm.state, self.consistency, self.job_id)
+        for warning in run.checkpoint.warnings:
+            log.warning("%s: %s", vm.ref.name, warning)
+        log.info("%s: %s checkpoint taken on %s", vm.ref.name, run.checkpoint.achieved.value, run.node)
+
+        run.staging = self._staging_path(config)
+        run.staging_location = self.resolver.resolve(run.staging, run.node)
+        export_configuration(services, vm.epr, run.checkpoint.epr, run.staging, timeout=self.timeout)
+        config_items = self._config_items(run)
+
+        manifest = Manifest(
+            backup=BackupFacts(
+                level=BackupLevel.FULL,
+                job_id=self.job_id,
+                time=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0),
+                consistency_requested=ConsistencyMode(self.consistency.value),
+                consistency_achieved=_ACHIEVED[run.checkpoint.achieved],
+                plugin_version=__version__,
+                checkpoint_id=run.checkpoint.instance_id,
+                warnings=list(run.checkpoint.warnings),
+            ),
+            vm=config,
+            host=host,
+            settings=VmSettings(
+                system=_captured(settings.system),
+                resources=[_captured(d) for d in settings.devices],
+            ),
+            controllers=[Controller(kind, index, sid) for sid, (kind, index)
+                         in vmops.controller_slots(settings.devices).items()],
+            disks=disks,
+            cluster=self._cluster,
+        )
+        data = to_xml(manifest)
+        now = int(time.time())
+        self._add(run, MANIFEST_FILE, FileEntry(name="", size=len(data), mtime=now, mode=FILE_MODE), content=data)
+        for relative, location, size, mtime in config_items:
+            self._add(run, relative, FileEntry(name="", size=size, mtime=mtime, mode=FILE_MODE), location=location)
+        for disk_file, host_path in files:
+            location = self.resolver.resolve(host_path, run.node)
+            st = self.storage.stat(location)
+            relative = f"{DISKS_DIR}/{disk_file.index}-{escape_component(PureWindowsPath(host_path).name)}"
+            self._add(run, relative, FileEntry(name="", size=st.size, mtime=int(st.mtime), mode=FILE_MODE),
+                      location=location)
+
+    def _disks(self, config: VmConfig, images: ImageService) -> tuple[List[DiskBackup], List[tuple[DiskFile, str]]]:
+        """Each drive's chain (leaf first) and the files to save; skipped drives say why."""
+        disks: List[DiskBackup] = []
+        files: List[tuple[DiskFile, str]] = []
+        index = 0
+        for drive in config.drives:
+            if drive.kind is DriveKind.VIRTUAL_DISK and drive.path:
+                chain = []
+                for info in images.chain(drive.path):
+                    disk_file = DiskFile(index=index, info=info, file_size=0)
+                    chain.append(disk_file)
+                    files.append((disk_file, info.path))
+                    index += 1
+                disks.append(DiskBackup(settings_id=drive.settings_id, chain=chain))
+            elif drive.kind in (DriveKind.PASS_THROUGH, DriveKind.SHARED_DISK):
+                reason = ("pass-through disks are host disks that checkpoints cannot capture"
+                          if drive.kind is DriveKind.PASS_THROUGH
+                          else "VHD Set (shared) disks are not supported yet")
+                disks.append(DiskBackup(settings_id=drive.settings_id, not_backed_up=reason))
+                log.warning("%s: the %s disk at %s is not backed up: %s", config.ref.name,
+                            "pass-through" if drive.kind is DriveKind.PASS_THROUGH else "shared",
+                            drive.slot, reason)
+        return disks, files
+
+    def _staging_path(self, config: VmConfig) -> str:
+        base = self.staging_root or str(PureWindowsPath(config.config_root or config.snapshot_root) / STAGING_DIR)
+        return str(PureWindowsPath(base) / f"job{self.job_id}-{config.ref.guid}")
+
+    def _config_items(self, run: _VmRun) -> List[tuple[str, Location, int, int]]:
+        """The exported configuration files, found in the staging folder over SMB (or locally)."""
+        assert run.staging is not None and run.staging_location is not None
+        out = []
+        folder = self.resolver.resolve(str(PureWindowsPath(run.staging) / "Virtual Machines"), run.node)
+        for entry in self.storage.listdir(folder):
+            if entry.is_dir:
+                continue
+            location = self.resolver.resolve(str(PureWindowsPath(run.staging) / "Virtual Machines" / entry.name),
+                                             run.node)
+            st = self.storage.stat(location)
+            out.append((f"{CONFIG_DIR}/{escape_component(entry.name)}", location, st.size, int(st.mtime)))
+        if not out:
+            raise HyperVError("the configuration export produced no files",
+                              context={"vm": str(run.summary.ref), "folder": run.staging},
+                              what_to_do="check that the host can write to the staging folder (staging_path=)")
+        return out
+
+    def _add(self, run: _VmRun, relative: str, entry: FileEntry, *, location: Optional[Location] = None,
+             content: Optional[bytes] = None) -> None:
+        name = f"{run.directory}/{relative}"
+        entry = FileEntry(name=name, size=entry.size, mtime=entry.mtime, mode=entry.mode)
+        run.items[name] = _Item(entry=entry, relative=relative, location=location, content=content)
+
+    def _finish(self, run: _VmRun) -> FileEntry:
+        """Every item of the VM is saved: keep the checkpoint as a reference point, clean up, list digests."""
+        assert run.checkpoint is not None and run.manager is not None
+        missing = [i.relative for i in run.items.values() if i.relative not in run.digests]
+        if missing:
+            raise HyperVError("not every item of the VM reached the storage daemon",
+                              context={"vm": str(run.summary.ref), "missing": ", ".join(missing)},
+                              what_to_do="look for earlier errors in the job log")
+        try:
+            rp = run.manager.to_reference_point(run.checkpoint)
+        except NotFoundFault:
+            # The VM migrated during the backup: its checkpoint now lives on the new owner.
+            run.summary = self._locate(run.summary)
+            run.node = run.summary.node.upper()
+            run.manager = CheckpointManager(HostServices(self.connector.client(run.node), run.node),
+                                            timeout=self.timeout)
+            rp = run.manager.to_reference_point(run.checkpoint)
+        run.checkpoint = None
+        log.info("%s: checkpoint kept as reference point %s for the next incremental", run.summary.ref.name,
+                 rp.instance_id)
+        self._remove_staging(run)
+        seconds = max(time.monotonic() - run.started, 1e-6)
+        log.info("%s: backed up %d files, %.1f MB in %.1f s (%.1f MB/s)", run.summary.ref.name, len(run.items),
+                 run.bytes / _MB, seconds, run.bytes / _MB / seconds)
+        lines = "".join(f"{digest}  {relative}\n" for relative, digest in sorted(run.digests.items()))
+        data = lines.encode("utf-8")
+        self._add(run, TRAILER_FILE, FileEntry(name="", size=len(data), mtime=int(time.time()), mode=FILE_MODE),
+                  content=data)
+        run.trailer_listed = True
+        return run.items[f"{run.directory}/{TRAILER_FILE}"].entry
+
+    def _abort(self, run: _VmRun) -> None:
+        """The VM's backup did not complete: destroy its checkpoint and staging folder (best effort)."""
+        if run.checkpoint is not None and run.manager is not None:
+            checkpoint, run.checkpoint = run.checkpoint, None
+            try:
+                try:
+                    run.manager.destroy(checkpoint.epr)
+                except NotFoundFault:
+                    moved = self._locate(run.summary)
+                    CheckpointManager(HostServices(self.connector.client(moved.node), moved.node),
+                                      timeout=self.timeout).destroy(checkpoint.epr)
+                log.warning("%s: the backup did not complete; its checkpoint was removed", run.summary.ref.name)
+            except BareosHyperVError as exc:
+                log.error("%s: could not remove the recovery checkpoint %s: %s; the next job of this plugin "
+                          "removes it, or delete it on the host", run.summary.ref.name, checkpoint.instance_id, exc)
+        self._remove_staging(run)
+
+    def _remove_staging(self, run: _VmRun) -> None:
+        if run.staging_location is None:
+            return
+        location, run.staging_location = run.staging_location, None
+        try:
+            self._remove_tree(location)
+        except BareosHyperVError as exc:
+            log.warning("%s: could not remove the staging folder %s: %s", run.summary.ref.name, run.staging, exc)
+
+    def _remove_tree(self, location: Location) -> None:
+        try:
+            entries = self.storage.listdir(location)
+        except StorageNotFound:
+            return
+        for entry in entries:
+            child = location.child(entry.name)
+            if entry.is_dir:
+                self._remove_tree(child)
+            else:
+                self.storage.delete(child, missing_ok=True)
+        self.storage.rmdir(location, missing_ok=True)
+
+
+_ACHIEVED = {Achieved.APPLICATION: Consistency.APPLICATION, Achieved.CRASH: Consistency.CRASH,
+             Achieved.COLD: Consistency.COLD}
+
+
+def _captured(instance: CimInstance) -> CapturedSettings:
+    return CapturedSettings(class_name=instance.class_name, instance_id=instance.opt_str("InstanceID") or "",
+                            cimxml=to_typed_cimxml(instance))
+
+
+__all__: Sequence[str] = ["TRAILER_FILE", "HyperVBackupSource", "MemoryReader"]
