@@ -66,7 +66,7 @@ def test_full_backup_of_a_running_clustered_vm_and_restore_to_a_directory(estate
     for index, name in enumerate(["web01-system.vhdx", "web01-data.vhdx"]):
         copy = tree / "disks" / f"{index}-{name}"
         assert _sha(copy) == digests[f"disks/{index}-{name}"] == before[name]
-        check = subprocess.run(["qemu-img", "check", str(copy)], capture_output=True, text=True)
+        check = subprocess.run(["qemu-img", "check", str(copy)], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
     assert _sha(tree / "manifest.xml") == digests["manifest.xml"]
 
@@ -87,7 +87,7 @@ def test_standalone_gen1_vm_skips_the_pass_through_disk_with_a_warning(estate: A
     assert manifest.cluster is None
     assert any(d.not_backed_up for d in manifest.disks)
     for disk in (tree / "disks").iterdir():
-        check = subprocess.run(["qemu-img", "info", str(disk)], capture_output=True, text=True)
+        check = subprocess.run(["qemu-img", "info", str(disk)], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stderr
 
 
