@@ -127,6 +127,7 @@ class _Item:
     relative: str  # path inside the VM's directory (manifest.xml, config/x, disks/n-x)
     location: Optional[Location] = None
     content: Optional[bytes] = None
+    opened: float = 0.0  # monotonic time the core started reading it
 
 
 @dataclass
@@ -221,6 +222,7 @@ class HyperVBackupSource:
         assert item.location is not None  # items have content or a location
         if item.relative.startswith(DISKS_DIR + "/"):
             log.info("%s: saving disk %s (%.1f MB)", run.summary.ref.name, item.relative, entry.size / _MB)
+        item.opened = time.monotonic()
         return self.storage.open_read(item.location)
 
     def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
@@ -234,7 +236,9 @@ class HyperVBackupSource:
         run.digests[item.relative] = sha256
         run.bytes += size
         if item.relative.startswith(DISKS_DIR + "/"):
-            log.info("%s: saved %s, %.1f MB", run.summary.ref.name, item.relative, size / _MB)
+            seconds = max(time.monotonic() - item.opened, 1e-6)
+            log.info("%s: saved %s, %.1f MB in %.1f s (%.1f MB/s)", run.summary.ref.name, item.relative,
+                     size / _MB, seconds, size / _MB / seconds)
 
     def close(self) -> None:
         """End of job: undo an unfinished VM (checkpoint, staging), then disconnect."""
