@@ -116,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(job.log())
             print(f"({sim.log.count() - before} WS-Management round trips for the job)")
             print()
-            print("== Catalog: list files jobid=%d" % job.jobid)
+            print(f"== Catalog: list files jobid={job.jobid}")
             print(fd.store.format_listing(job.jobid))
             if job.status != "T":
                 return 1

@@ -9,10 +9,10 @@ from typing import Dict, Iterator, Mapping
 
 import pytest
 
-from bareos_hyperv.protocol.messages import FileEntry
 from bareos_hyperv.agent.sources import FilesSource, SmbSource, make_source
 from bareos_hyperv.errors import ConfigurationError, StorageError
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.protocol.messages import FileEntry
 from hvsim.samba import SMBD, SambaServer
 
 
