@@ -124,6 +124,7 @@ class FileResult:
     size: int  # st_size from the attributes
     bytes: int  # data bytes moved for this item
     ofname: str = ""
+    seconds: float = 0.0  # backup: from the data stream's open to its end of file, as the core saw it
 
 
 @dataclass
@@ -813,14 +814,15 @@ class FdSim:
                  "data_stream": STREAM_SPARSE_DATA if sparse else STREAM_FILE_DATA}
         writer.begin_item(record, attrs)
         moved = 0
+        seconds = 0.0
         if not pkt.get("no_read"):
-            moved = self._send_data(job, pkt, writer, sparse)
+            moved, seconds = self._send_data(job, pkt, writer, sparse)
             if _bit(pkt["flags"], FO_ACL) and ftype != bfd.FT_LNK and not job.is_canceled():
                 self._get_acl(job, pkt["fname"], writer)
             if _bit(pkt["flags"], FO_XATTR) and not job.is_canceled():
                 self._get_xattr(job, pkt["fname"], writer)
         writer.end_item()
-        job.result.files.append(FileResult(name, ftype, record.size, moved))
+        job.result.files.append(FileResult(name, ftype, record.size, moved, seconds=seconds))
         job.result.bytes += moved
 
     @staticmethod
@@ -848,14 +850,16 @@ class FdSim:
             return True, int(io["filedes"])
         return True, None
 
-    def _send_data(self, job: _Job, pkt: Dict[str, Any], writer: JobWriter, sparse: bool) -> int:
+    def _send_data(self, job: _Job, pkt: Dict[str, Any], writer: JobWriter, sparse: bool) -> Tuple[int, float]:
+        """The item's data from the plugin to the volume; (bytes, seconds from open to end of data)."""
         fname = pkt["fname"]
         flags = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if job.options.noatime else 0)
         opened, core_fd = self._open(job, fname, flags, 0)
         if not opened:
             job.message(bfd.M_NOTSAVED, f'     Cannot open "{fname}": ERR=plugin open failed.\n')
             job.result.errors += 1
-            return 0
+            return 0, 0.0
+        started = time.perf_counter()
         count = self.buffer_size - (SPARSE_HEADER_SIZE if sparse else 0)
         st_size = pkt["statp"]["st_size"]
         address = moved = 0
@@ -895,8 +899,9 @@ class FdSim:
                 writer.data(address, data)
             address += len(data)
             moved += len(data)
+        seconds = time.perf_counter() - started
         self._io_call(job, "close", self._io(bfd.IO_CLOSE, filedes=core_fd if core_fd is not None else 0))
-        return moved
+        return moved, seconds
 
     def _get_acl(self, job: _Job, fname: str, writer: JobWriter) -> None:
         res = job.py("get_acl", ("get_acl", fname), "get_acl")
