@@ -12,6 +12,7 @@ fills while the Bareos core, not the plugin, is running)::
     backup:  fd: ListFiles                  agent: FileList(files)
              fd: OpenFile(name)             agent: PipeReady(name, size) + read end (SCM_RIGHTS)
              fd: CloseFile(name)            agent: FileDone(name, bytes, sha256)
+    cleanup: fd: StartJob(kind=cleanup, cleanup=record) ... fd: Cleanup   agent: CleanupDone(left)
     restore: fd: CreateFile(name, target..) agent: PipeReady(name, size) + write end
              fd: CloseFile(name)            agent: FileDone(...)
     fd: EndJob                              agent: JobDone(stats) and exits
@@ -19,6 +20,13 @@ fills while the Bareos core, not the plugin, is running)::
 Any request may instead be answered by :class:`ErrorReply`.  Log records and progress the
 agent produced since the last reply travel in front of the reply as :class:`LogRecord` and
 :class:`Progress` messages.
+
+Cleanup records: a backup whose source changes the Hyper-V side (a recovery checkpoint, a
+staging folder) reports in every :class:`FileList` what would have to be undone if the job
+ended now (:class:`CleanupRecord`, ``None`` when nothing).  The fd keeps the latest one; when
+the agent dies or is killed without undoing it, the fd starts a fresh agent with
+``JobKind.CLEANUP`` that removes exactly that (``JobDone.cleanup`` likewise names what an agent
+that ended normally could not undo).  New fields are optional, so older peers still decode.
 
 Secrets: :class:`WireCredentials` is the only message that carries one; its ``repr`` is
 redacted and the framing never logs message bodies.
@@ -36,6 +44,9 @@ from bareos_hyperv.errors import BareosHyperVError, ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Cleanup",
+    "CleanupDone",
+    "CleanupRecord",
     "CloseFile",
     "CreateFile",
     "EndJob",
@@ -71,6 +82,7 @@ class JobKind(str, enum.Enum):
 
     BACKUP = "backup"
     RESTORE = "restore"
+    CLEANUP = "cleanup"  # undo what a dead agent left (see CleanupRecord)
 
 
 class LogLevel(str, enum.Enum):
@@ -111,6 +123,34 @@ class FileEntry:
     mode: int = 0o100640
 
 
+@dataclass(frozen=True)
+class CleanupRecord:
+    """What a backup in progress has changed on the Hyper-V side and must undo if the job ends now.
+
+    ``host`` is the job's ``host=`` (host or cluster name, used to find the VM's owner again if
+    it migrated), ``node`` the node that held the VM when the checkpoint was taken,
+    ``checkpoint_id`` the checkpoint's InstanceID (empty when none), ``staging`` the host path of
+    the staging folder (empty when none).
+    """
+
+    host: str
+    node: str
+    vm_guid: str
+    vm_name: str
+    job_id: int
+    checkpoint_id: str = ""
+    staging: str = ""
+
+    def describe(self) -> str:
+        """One line for the job log."""
+        parts = []
+        if self.checkpoint_id:
+            parts.append(f"recovery checkpoint {self.checkpoint_id}")
+        if self.staging:
+            parts.append(f"staging folder {self.staging}")
+        return f"VM {self.vm_name} ({self.vm_guid}) on {self.node}: " + (" and ".join(parts) or "nothing")
+
+
 # -- fd -> agent -------------------------------------------------------------------------------
 
 
@@ -135,6 +175,7 @@ class StartJob(Message):
     options: Dict[str, str]
     credentials: Optional[WireCredentials] = None
     where: str = ""
+    cleanup: Optional[CleanupRecord] = None  # JobKind.CLEANUP: what to undo
 
     def __repr__(self) -> str:
         return (f"StartJob(kind={self.kind.value}, source={self.source!r}, jobid={self.jobid}, "
@@ -178,6 +219,13 @@ class CloseFile(Message):
 
 
 @dataclass(frozen=True)
+class Cleanup(Message):
+    """Cleanup job: undo what ``StartJob.cleanup`` names (bounded by the job's ``timeout``)."""
+
+    TYPE: ClassVar[str] = "cleanup"
+
+
+@dataclass(frozen=True)
 class EndJob(Message):
     """Job over: clean up, report statistics and exit."""
 
@@ -211,6 +259,7 @@ class FileList(Message):
 
     TYPE: ClassVar[str] = "file_list"
     files: List[FileEntry]
+    cleanup: Optional[CleanupRecord] = None  # what to undo if the job ended now (None: nothing)
 
 
 @dataclass(frozen=True)
@@ -242,6 +291,15 @@ class JobDone(Message):
     bytes: int
     peak_rss_kib: int
     seconds: float
+    cleanup: Optional[CleanupRecord] = None  # what the agent could not undo itself
+
+
+@dataclass(frozen=True)
+class CleanupDone(Message):
+    """Cleanup job finished; ``left`` is what could still not be removed (None: all gone)."""
+
+    TYPE: ClassVar[str] = "cleanup_done"
+    left: Optional[CleanupRecord] = None
 
 
 @dataclass(frozen=True)
@@ -275,8 +333,8 @@ class ErrorReply(Message):
 
 _REGISTRY: Dict[str, Type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, StartJob, ListFiles, OpenFile, CreateFile, CloseFile, EndJob, HelloReply, JobStarted,
-                FileList, PipeReady, FileDone, JobDone, LogRecord, Progress, ErrorReply)
+    for cls in (Hello, StartJob, ListFiles, OpenFile, CreateFile, CloseFile, Cleanup, EndJob, HelloReply,
+                JobStarted, FileList, PipeReady, FileDone, JobDone, CleanupDone, LogRecord, Progress, ErrorReply)
 }
 
 M = TypeVar("M", bound=Message)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Literal, Tuple
 
 import requests
+from winrm import transport as winrm_transport
 from winrm.exceptions import InvalidCredentialsError, WinRMError, WinRMTransportError
 from winrm.transport import Transport
 
@@ -202,6 +203,15 @@ class WsmanTransport:
 
     def _new_pywinrm(self) -> Transport:
         opts = self.options
+        missing = {"kerberos": ("HAVE_KERBEROS", "pywinrm[kerberos]"), "credssp": ("HAVE_CREDSSP", "pywinrm[credssp]")}
+        if opts.transport in missing:
+            flag, extra = missing[opts.transport]
+            if not getattr(winrm_transport, flag, False):
+                raise ConfigurationError(
+                    f"transport={opts.transport} needs Python support that is not installed on this machine",
+                    context={"host": self.endpoint.hostport},
+                    what_to_do=f"install it into the agent's Python (pip install '{extra}') or use transport=ntlm",
+                )
         auth: Literal["ntlm", "basic", "kerberos", "credssp"] = opts.transport  # type: ignore[assignment]  # validated
         try:
             return Transport(

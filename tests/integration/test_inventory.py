@@ -129,3 +129,17 @@ def test_duplicate_vm_names_are_refused_and_guid_is_suggested(sim: Simulation) -
     with pytest.raises(vmmod.VmNotFound) as missing:
         vmmod.select_vms(found, ["nosuchvm"])
     assert "nosuchvm" in str(missing.value) and "bareos-hyperv list" in str(missing.value)
+
+
+@pytest.mark.parametrize("transport", ["kerberos", "credssp"])
+def test_kerberos_and_credssp_are_passed_to_pywinrm_and_fail_clearly(sim: Simulation, transport: str) -> None:
+    """The simulator has no KDC and no CredSSP acceptor: the client must say so, not hang or crash."""
+    from bareos_hyperv.errors import BareosHyperVError
+
+    creds = Credentials(sim.user, sim.password)
+    with Connector(creds, TransportOptions(transport=transport), host_map=sim.host_map()) as conn, \
+            pytest.raises(BareosHyperVError) as info:
+        conn.client("HV01").identify()
+    text = str(info.value)
+    assert transport in text or "401" in text or "credentials" in text
+    assert sim.password not in text
