@@ -15,6 +15,12 @@ known after the bytes went through, hence the trailer (``sha256sum -c`` reads it
 Cleanup is part of every outcome: the checkpoint becomes a reference point on success and is
 destroyed otherwise, the staging folder is removed, and recovery checkpoints an interrupted
 job of this plugin left behind are removed before a new one is taken.
+
+An agent that is killed cannot clean up, so the source tells the fd, with every batch, what
+would have to be undone if the job ended now (:meth:`HyperVBackupSource.pending_cleanup`, a
+:class:`~bareos_hyperv.protocol.messages.CleanupRecord`); when the agent dies the fd starts a
+fresh one whose :meth:`HyperVBackupSource.cleanup` removes exactly that, finding the VM's owner
+again if it migrated.  The next job's stale-checkpoint sweep remains the last safety net.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from bareos_hyperv import __version__
 from bareos_hyperv.agent.sources import SourceContext
 from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVError, StorageError
 from bareos_hyperv.hyperv import cluster as clusterops
+from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.hyperv import vms as vmops
-from bareos_hyperv.hyperv.checkpoints import Achieved, Checkpoint, CheckpointManager
+from bareos_hyperv.hyperv.checkpoints import NAME_PREFIX, Achieved, Checkpoint, CheckpointManager
 from bareos_hyperv.hyperv.checkpoints import Consistency as ConsistencyOption
 from bareos_hyperv.hyperv.connection import Connector, parse_host_map
 from bareos_hyperv.hyperv.exporter import export_configuration
@@ -56,7 +63,7 @@ from bareos_hyperv.model.backup import (
 from bareos_hyperv.model.cluster import ClusterFacts
 from bareos_hyperv.model.host import HostFacts
 from bareos_hyperv.model.vm import DriveKind, VmConfig
-from bareos_hyperv.protocol.messages import FileEntry
+from bareos_hyperv.protocol.messages import CleanupRecord, FileEntry
 from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFound
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import Location, LocationResolver, parse_path_map, parse_share_map
@@ -147,6 +154,14 @@ class _VmRun:
     bytes: int = 0
     trailer_listed: bool = False
 
+    def record(self, host: str, job_id: int) -> Optional[CleanupRecord]:
+        """What exists on the Hyper-V side for this VM right now (None: nothing to undo)."""
+        if self.checkpoint is None and self.staging_location is None:
+            return None
+        return CleanupRecord(host=host, node=self.node, vm_guid=self.summary.ref.guid, vm_name=self.summary.ref.name,
+                             job_id=job_id, checkpoint_id=self.checkpoint.instance_id if self.checkpoint else "",
+                             staging=(self.staging or "") if self.staging_location is not None else "")
+
 
 class HyperVBackupSource:
     """The ``hyperv`` backup source (see module docstring)."""
@@ -191,6 +206,7 @@ class HyperVBackupSource:
         self._cluster: Optional[ClusterFacts] = None
         self._hosts: Dict[str, HostFacts] = {}
         self._current: Optional[_VmRun] = None
+        self._left: Optional[CleanupRecord] = None  # what an abort could not undo
 
     # ------------------------------------------------------------------ Source
 
@@ -239,6 +255,15 @@ class HyperVBackupSource:
             seconds = max(time.monotonic() - item.opened, 1e-6)
             log.info("%s: saved %s, %.1f MB in %.1f s (%.1f MB/s)", run.summary.ref.name, item.relative,
                      size / _MB, seconds, size / _MB / seconds)
+
+    def pending_cleanup(self) -> Optional[CleanupRecord]:
+        """What must be undone on the Hyper-V side if the job ended now (None: nothing)."""
+        run = self._current
+        if run is not None and not run.trailer_listed:
+            record = run.record(self.entry, self.job_id)
+            if record is not None:
+                return record
+        return self._left
 
     def close(self) -> None:
         """End of job: undo an unfinished VM (checkpoint, staging), then disconnect."""
@@ -447,7 +472,9 @@ class HyperVBackupSource:
         run.checkpoint = None
         log.info("%s: checkpoint kept as reference point %s for the next incremental", run.summary.ref.name,
                  rp.instance_id)
-        self._remove_staging(run)
+        if not self._remove_staging(run) and run.staging:
+            self._left = CleanupRecord(host=self.entry, node=run.node, vm_guid=run.summary.ref.guid,
+                                       vm_name=run.summary.ref.name, job_id=self.job_id, staging=run.staging)
         seconds = max(time.monotonic() - run.started, 1e-6)
         log.info("%s: backed up %d files, %.1f MB in %.1f s (%.1f MB/s)", run.summary.ref.name, len(run.items),
                  run.bytes / _MB, seconds, run.bytes / _MB / seconds)
@@ -459,9 +486,14 @@ class HyperVBackupSource:
         return run.items[f"{run.directory}/{TRAILER_FILE}"].entry
 
     def _abort(self, run: _VmRun) -> None:
-        """The VM's backup did not complete: destroy its checkpoint and staging folder (best effort)."""
+        """The VM's backup did not complete: destroy its checkpoint and staging folder (best effort).
+
+        What cannot be removed is remembered (:meth:`pending_cleanup`) so that the fd can retry
+        with a fresh agent.
+        """
+        left_checkpoint = ""
         if run.checkpoint is not None and run.manager is not None:
-            checkpoint, run.checkpoint = run.checkpoint, None
+            checkpoint = run.checkpoint
             try:
                 try:
                     run.manager.destroy(checkpoint.epr)
@@ -471,18 +503,111 @@ class HyperVBackupSource:
                                       timeout=self.timeout).destroy(checkpoint.epr)
                 log.warning("%s: the backup did not complete; its checkpoint was removed", run.summary.ref.name)
             except BareosHyperVError as exc:
+                left_checkpoint = checkpoint.instance_id
                 log.error("%s: could not remove the recovery checkpoint %s: %s; the next job of this plugin "
                           "removes it, or delete it on the host", run.summary.ref.name, checkpoint.instance_id, exc)
-        self._remove_staging(run)
+            run.checkpoint = None
+        staging = run.staging or ""
+        left_staging = staging if not self._remove_staging(run) else ""
+        if left_checkpoint or left_staging:
+            self._left = CleanupRecord(host=self.entry, node=run.node, vm_guid=run.summary.ref.guid,
+                                       vm_name=run.summary.ref.name, job_id=self.job_id,
+                                       checkpoint_id=left_checkpoint, staging=left_staging)
 
-    def _remove_staging(self, run: _VmRun) -> None:
+    def _remove_staging(self, run: _VmRun) -> bool:
+        """Remove the VM's staging folder; False when it could not be removed."""
         if run.staging_location is None:
-            return
-        location, run.staging_location = run.staging_location, None
+            return True
+        location = run.staging_location
         try:
             self._remove_tree(location)
         except BareosHyperVError as exc:
             log.warning("%s: could not remove the staging folder %s: %s", run.summary.ref.name, run.staging, exc)
+            return False
+        finally:
+            run.staging_location = None
+        return True
+
+    # ------------------------------------------------------------------ cleanup after a dead agent
+
+    def cleanup(self, record: CleanupRecord) -> Optional[CleanupRecord]:
+        """Undo what an agent that died left for one VM; returns what is still left (None: all gone).
+
+        The checkpoint is found on the node that owns the VM now (it may have migrated since),
+        by its InstanceID or by this job's checkpoint name; the staging folder is removed where
+        it was created.  Nothing else is touched.
+        """
+        left_checkpoint = ""
+        try:
+            if not self._cleanup_checkpoints(record):
+                left_checkpoint = record.checkpoint_id
+        except BareosHyperVError as exc:
+            left_checkpoint = record.checkpoint_id or f"{NAME_PREFIX}{record.job_id}"
+            log.error("%s: could not remove the recovery checkpoint of job %d: %s; the next job of this "
+                      "plugin removes it, or delete it on the host", record.vm_name, record.job_id, exc)
+        left_staging = ""
+        if record.staging:
+            try:
+                location = self.resolver.resolve(record.staging, record.node)
+                existed = self.storage.exists(location)
+                self._remove_tree(location)
+                if existed:
+                    log.warning("%s: removed the staging folder %s that the interrupted job left", record.vm_name,
+                                record.staging)
+            except BareosHyperVError as exc:
+                left_staging = record.staging
+                log.error("%s: could not remove the staging folder %s: %s; delete it on %s", record.vm_name,
+                          record.staging, exc, record.node)
+        if left_checkpoint or left_staging:
+            return CleanupRecord(host=record.host, node=record.node, vm_guid=record.vm_guid,
+                                 vm_name=record.vm_name, job_id=record.job_id, checkpoint_id=left_checkpoint,
+                                 staging=left_staging)
+        return None
+
+    def _find_vm(self, record: CleanupRecord) -> Optional[vmops.VmSummary]:
+        """The VM wherever it is now: its cluster owner first, then the node of the record."""
+        candidates: List[str] = []
+        client = self.connector.client(self.entry)
+        cluster = clusterops.cluster_of(client)
+        if cluster is not None:
+            owner = clusterops.owner_node(client, record.vm_guid)
+            if owner:
+                candidates.append(owner)
+        candidates.append(record.node or self.entry)
+        if cluster is not None:
+            candidates += [n.name for n in clusterops.cluster_facts(client, cluster).nodes if n.state in (0, 2)]
+        seen: set[str] = set()
+        for node in candidates:
+            if node.upper() in seen:
+                continue
+            seen.add(node.upper())
+            for vm in vmops.list_vms(self.connector.client(node)):
+                if vm.ref.guid.upper() == record.vm_guid.upper():
+                    return vm
+        return None
+
+    def _cleanup_checkpoints(self, record: CleanupRecord) -> bool:
+        """Destroy the job's checkpoints of the VM; False when the VM cannot be found at all."""
+        vm = self._find_vm(record)
+        if vm is None:
+            if record.checkpoint_id:
+                log.error("%s: the VM (%s) is no longer registered on %s or its cluster; its recovery checkpoint "
+                          "%s cannot be removed", record.vm_name, record.vm_guid, record.host, record.checkpoint_id)
+                return False
+            return True
+        node = vm.node.upper()
+        client = self.connector.client(node)
+        manager = CheckpointManager(HostServices(client, node), timeout=self.timeout)
+        name = f"{NAME_PREFIX}{record.job_id}"
+        for snap in client.associators(vm.epr, assoc_class=C.SNAPSHOT_OF_VS, result_class=C.VSSD):
+            ours = (record.checkpoint_id and snap.str("InstanceID").lower() == record.checkpoint_id.lower()) or (
+                snap.opt_str("VirtualSystemType") == C.VirtualSystemType.SNAPSHOT_RECOVERY
+                and (snap.opt_str("ElementName") or "") == name)
+            if ours and snap.epr is not None:
+                manager.destroy(snap.epr)
+                log.warning("%s: removed the recovery checkpoint '%s' that the interrupted job left on %s",
+                            record.vm_name, snap.opt_str("ElementName") or snap.str("InstanceID"), node)
+        return True
 
     def _remove_tree(self, location: Location) -> None:
         try:

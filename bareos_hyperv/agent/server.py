@@ -4,7 +4,9 @@ The loop is strictly request/response on the main thread; transfer threads never
 socket.  Every failure of a request becomes one :class:`~bareos_hyperv.protocol.messages.ErrorReply`
 built from the :mod:`bareos_hyperv.errors` class of the cause, which the fd turns into the job's
 fatal error.  When the socket closes (the fd went away) or SIGTERM arrives (cancel), the session
-is closed (partial restores removed) and the process exits.
+is closed (partial restores removed, an unfinished VM's checkpoint removed) and the process
+exits; after SIGTERM the log records of that cleanup are still written to the socket (briefly,
+never blocking the exit), where the fd reads them once the process is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from bareos_hyperv.errors import BareosHyperVError, ProtocolError
 from bareos_hyperv.protocol.framing import Channel, ChannelClosed
 from bareos_hyperv.protocol.messages import (
     PROTOCOL_VERSION,
+    Cleanup,
+    CleanupDone,
     CloseFile,
     CreateFile,
     EndJob,
@@ -50,6 +54,8 @@ EXIT_OK = 0
 EXIT_FD_GONE = 3
 EXIT_PROTOCOL = 4
 EXIT_TERMINATED = 143  # as a shell reports death by SIGTERM
+# Seconds the last log records may take to reach the socket when the fd is not reading.
+FINAL_FLUSH_TIMEOUT = 2.0
 
 Reply = Tuple[Message, List[int]]
 
@@ -74,6 +80,7 @@ class AgentServer:
             OpenFile: self._open_file,
             CreateFile: self._create_file,
             CloseFile: self._close_file,
+            Cleanup: self._cleanup,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -97,12 +104,23 @@ class AgentServer:
             return self._loop()
         except Terminated:
             log.warning("agent stopped by SIGTERM (job canceled or fd shutting down)")
+            self._close_session()
+            self._final_flush()
             return EXIT_TERMINATED
         except ChannelClosed:
             return EXIT_FD_GONE
         finally:
             self._close_session()
             self.channel.close()
+
+    def _final_flush(self) -> None:
+        """Leave what the cleanup logged on the socket for the fd (best effort, bounded)."""
+        try:
+            self.channel.sock.settimeout(FINAL_FLUSH_TIMEOUT)
+            for queued in self.outbox.take():
+                self.channel.send(queued)
+        except (ProtocolError, OSError):
+            pass
 
     def _close_session(self) -> None:
         if self.session is not None:
@@ -160,10 +178,14 @@ class AgentServer:
                 os.close(fd)
 
     def _end_job(self) -> None:
-        done = self.session.job_done() if self.session is not None else None
-        self._close_session()
-        if done is None:
+        session = self.session
+        self._close_session()  # first: JobDone says what the cleanup could not undo
+        if session is None:
             done = JobDone(files=0, bytes=0, peak_rss_kib=peak_rss_kib(), seconds=0.0)
+        else:
+            stats = session.job_done()
+            done = JobDone(files=stats.files, bytes=stats.bytes, peak_rss_kib=stats.peak_rss_kib,
+                           seconds=stats.seconds, cleanup=session.left)
         self._send(done)
 
     # -- requests --------------------------------------------------------------------------------
@@ -186,7 +208,12 @@ class AgentServer:
         return JobStarted(), []
 
     def _list_files(self, msg: Message) -> Reply:
-        return FileList(files=self._session().list_files()), []
+        session = self._session()
+        files = session.list_files()
+        return FileList(files=files, cleanup=session.pending_cleanup()), []
+
+    def _cleanup(self, msg: Message) -> Reply:
+        return CleanupDone(left=self._session().run_cleanup()), []
 
     def _open_file(self, msg: Message) -> Reply:
         assert isinstance(msg, OpenFile)

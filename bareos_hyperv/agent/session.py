@@ -17,13 +17,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Protocol, runtime_checkable
 
 from bareos_hyperv.agent.sources import Source, make_source
 from bareos_hyperv.agent.transfer import Drain, Pump, make_pipe
 from bareos_hyperv.errors import ConfigurationError, ProtocolError, StorageError
 from bareos_hyperv.model.credentials import Credentials
 from bareos_hyperv.protocol.messages import (
+    CleanupRecord,
     FileDone,
     FileEntry,
     JobDone,
@@ -38,7 +39,7 @@ from bareos_hyperv.storage.base import FileWriter, StorageExists
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import LocalLocation
 
-__all__ = ["MAX_OUTBOX", "Outbox", "OutboxHandler", "Redactor", "Session", "peak_rss_kib"]
+__all__ = ["MAX_OUTBOX", "Outbox", "OutboxHandler", "Redactor", "Session", "Undoing", "peak_rss_kib"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,17 @@ class OutboxHandler(logging.Handler):
         self.outbox.log(level, text)
 
 
+@runtime_checkable
+class Undoing(Protocol):
+    """A source that changes the far side during a backup and can say, and undo, what it changed."""
+
+    def pending_cleanup(self) -> Optional[CleanupRecord]:
+        """What must be undone if the job ended now (None: nothing)."""
+
+    def cleanup(self, record: CleanupRecord) -> Optional[CleanupRecord]:
+        """Undo what a dead agent left; returns what is still left (None: all gone)."""
+
+
 @dataclass
 class _Restore:
     entry: FileEntry
@@ -164,8 +176,12 @@ class Session:
         self._pumps: Dict[str, Pump] = {}
         self._restores: Dict[str, _Restore] = {}
         self._local = LocalStorage()
-        if self.kind is JobKind.BACKUP:
+        self.left: Optional[CleanupRecord] = None  # set by close(): what the source could not undo
+        if self.kind in (JobKind.BACKUP, JobKind.CLEANUP):
             self.source = make_source(start.source, self)
+            if self.kind is JobKind.CLEANUP and not isinstance(self.source, Undoing):
+                raise ConfigurationError(f"source={start.source} has nothing to clean up",
+                                         what_to_do="report this as a bug with the job log")
         elif self._options.get("restore_local", "yes") != "yes":
             raise ConfigurationError(
                 f"restore_local=no (restore to the original location) is not available for source={start.source}",
@@ -213,6 +229,20 @@ class Session:
             log.info("%d item(s), %d bytes to save from source %s", len(files), sum(f.size for f in files),
                       self.start.source)
         return files
+
+    def pending_cleanup(self) -> Optional[CleanupRecord]:
+        """What the source would have to undo if the job ended now (None: nothing)."""
+        source = self.source
+        return source.pending_cleanup() if isinstance(source, Undoing) else None
+
+    def run_cleanup(self) -> Optional[CleanupRecord]:
+        """Cleanup job: undo what StartJob.cleanup names; returns what is still left."""
+        record = self.start.cleanup
+        if self.kind is not JobKind.CLEANUP or record is None:
+            raise ProtocolError("Cleanup is only valid in a cleanup job that names what to undo")
+        source = self.source
+        assert isinstance(source, Undoing)  # checked in __init__
+        return source.cleanup(record)
 
     def entry(self, name: str) -> FileEntry:
         """A listed item by name."""
@@ -332,4 +362,8 @@ class Session:
         self._restores.clear()
         if self.source is not None:
             source, self.source = self.source, None
-            source.close()
+            try:
+                source.close()
+            finally:
+                if isinstance(source, Undoing):
+                    self.left = source.pending_cleanup()

@@ -10,7 +10,8 @@ the environment the agent inherits.
 
 Stopping is bounded: wait, then SIGTERM, then SIGKILL, with an operator message at each step,
 so a stuck agent can never hang the fd.  The agent's stderr goes to an unlinked temporary file
-whose tail is shown when the agent fails to start or dies.
+whose tail is shown when the agent fails to start or dies.  Once the process is gone, log
+records it left on the socket (what its cleanup after SIGTERM did) are read and reported.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ EXIT_GRACE = 10.0
 TERM_GRACE = 10.0
 KILL_GRACE = 5.0
 STDERR_TAIL = 2000
+# Seconds to wait for each log record an exited agent left on the socket (EOF follows at once).
+DRAIN_TIMEOUT = 1.0
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SET_AGENT_PYTHON = ("set agent_python= to the python3 of the environment where bareos-hyperv and its "
                     "dependencies are installed (e.g. agent_python=/opt/bareos-hyperv/bin/python3)")
@@ -286,13 +289,34 @@ class AgentProcess:
         self._reap()
         return done
 
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit status (negative: killed by that signal), None while it runs or before start."""
+        return self._returncode()
+
     def _reap(self) -> None:
         with self._lock:
             if self.proc is not None and self._returncode(wait=self.exit_grace) is None:
                 self.reporter.warning(f"the agent (pid {self.pid}) has not exited {self.exit_grace:.0f} s after "
                                       "the end of the job; sending it SIGTERM")
                 self._escalate()
+            if self._returncode() is not None:
+                self._drain()
             self._close()
+
+    def _drain(self) -> None:
+        """Report the log records an exited agent left on the socket (then EOF ends the loop)."""
+        if self.channel is None:
+            return
+        try:
+            while True:
+                msg = self.channel.recv(timeout=DRAIN_TIMEOUT)
+                if isinstance(msg, LogRecord):
+                    self.reporter.agent_log(msg)
+                else:
+                    self.reporter.debug(100, f"agent left a {msg.TYPE} message after it ended")
+        except ProtocolError:
+            return
 
     def abort(self, reason: str, *, quiet: bool = False) -> None:
         """Stop the agent now (cancel, fatal error): SIGTERM, then SIGKILL.  Any thread."""

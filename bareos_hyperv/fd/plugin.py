@@ -10,6 +10,13 @@ one FT_REG file whose data the core reads from a pipe the agent fills (``plugin_
 pipe into the destination and IO_OPEN gives its write end to the core.  The plugin never copies
 data in Python.
 
+Cleanup after a dead agent: every batch the agent lists carries what the job has changed on the
+Hyper-V side so far (a recovery checkpoint, a staging folder); the plugin keeps the latest.  When
+the job ends and the agent did not undo it itself (killed, crashed, stopped by SIGKILL after a
+cancel, or it reported a leftover in JobDone), a fresh agent is started in cleanup mode to remove
+exactly that, bounded by :data:`CLEANUP_DEADLINE`; what still remains is reported as M_ERROR and
+the next job's stale-checkpoint sweep removes it.
+
 Errors: every failure is a :class:`~bareos_hyperv.errors.BareosHyperVError` (the agent's arrive
 as :class:`~bareos_hyperv.fd.agent_process.RemoteError`); :meth:`BareosFdHyperV._fail` turns the
 first one into the job's single M_FATAL and the callback returns bRC_Error.  After a cancel,
@@ -21,6 +28,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import signal
 import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, TypeVar, cast
@@ -32,6 +40,9 @@ from bareos_hyperv.fd.agent_process import AgentProcess, close_fds
 from bareos_hyperv.fd.joblog import DEBUG_TRACE, JobLog
 from bareos_hyperv.fd.options import PluginOptions
 from bareos_hyperv.protocol.messages import (
+    Cleanup,
+    CleanupDone,
+    CleanupRecord,
     CloseFile,
     CreateFile,
     FileDone,
@@ -66,6 +77,9 @@ REPLACE_ALWAYS, REPLACE_IFNEWER, REPLACE_NEVER, REPLACE_IFOLDER = ord("a"), ord(
 ENV_USERNAME = "BAREOS_HYPERV_USERNAME"
 ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"  # noqa: S105 - a variable name
 ENV_DOMAIN = "BAREOS_HYPERV_DOMAIN"
+# Cleanup agent: seconds per Hyper-V operation (and of silence), and for the whole cleanup.
+CLEANUP_TIMEOUT = 60
+CLEANUP_DEADLINE = 120.0
 
 F = TypeVar("F", bound=Callable[..., int])
 
@@ -96,6 +110,18 @@ def _env_credentials() -> Optional[WireCredentials]:
     return WireCredentials(username=username, password=password, domain=os.environ.get(ENV_DOMAIN) or None)
 
 
+def _ended(code: Optional[int]) -> str:
+    """How an agent ended, for the job log."""
+    if code is None:
+        return "ended"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
 class BareosFdHyperV:
     """One job's plugin object (created by ``load_bareos_plugin``)."""
 
@@ -112,6 +138,7 @@ class BareosFdHyperV:
         self.pending: Dict[str, int] = {}
         self.canceled = False
         self.failed = False
+        self.in_progress: Optional[CleanupRecord] = None  # what to undo if the agent dies now
         self._warned: Set[str] = set()
         self._lock = threading.Lock()
         bareosfd.RegisterEvents(list(EVENTS))
@@ -179,6 +206,45 @@ class BareosFdHyperV:
         if done is not None and not (self.failed or self.canceled):
             self.log.info(f"agent finished: {done.files} file(s), {done.bytes} bytes in {done.seconds:.1f} s; "
                           f"agent peak memory (VmHWM) {done.peak_rss_kib} KiB")
+        left = self.in_progress if done is None else done.cleanup
+        self.in_progress = None
+        if left is not None:
+            self._clean_up_after(left, agent)
+
+    def _clean_up_after(self, record: CleanupRecord, dead: AgentProcess) -> None:
+        """A fresh agent removes what the job's agent left on Hyper-V; bounded, never raises."""
+        self.log.warning(f"the backup changed Hyper-V ({record.describe()}) and the agent {_ended(dead.returncode)} "
+                         "without undoing it; starting a fresh agent to remove it")
+        left: Optional[CleanupRecord] = record
+        agent: Optional[AgentProcess] = None
+        timer: Optional[threading.Timer] = None
+        try:
+            agent = AgentProcess(self.options.get_str("agent_python"), self.log, timeout=CLEANUP_TIMEOUT)
+            timer = threading.Timer(CLEANUP_DEADLINE, agent.abort,
+                                    args=(f"the cleanup took longer than {CLEANUP_DEADLINE:.0f} s",))
+            timer.daemon = True
+            timer.start()
+            agent.start()
+            options = self.options.for_agent()
+            options["timeout"] = str(min(self.options.get_int("timeout"), CLEANUP_TIMEOUT))
+            agent.request(StartJob(kind=JobKind.CLEANUP, source=self.options.source, jobid=self.jobid,
+                                   job_name=self.job_name, options=options, credentials=self._credentials(),
+                                   cleanup=record), JobStarted, what="starting the cleanup")
+            reply, _ = agent.request(Cleanup(), CleanupDone, what="removing what the backup left on Hyper-V")
+            left = reply.left
+        except BareosHyperVError as exc:
+            self.log.error(f"the cleanup after the agent failed: {exc}")
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()
+            if agent is not None:
+                agent.stop()
+        if left is None:
+            self.log.info(f"cleanup done: nothing of this job is left on {record.node} for VM {record.vm_name}")
+        else:
+            self.log.error(f"left behind on Hyper-V: {left.describe()}; the next backup of this VM with this "
+                           "plugin removes the checkpoint; delete the staging folder on the host")
 
     # -- options and events ----------------------------------------------------------------------
 
@@ -215,6 +281,7 @@ class BareosFdHyperV:
         """Ask the agent for the next batch of items; False when the source is done."""
         agent = self._ensure_agent(JobKind.BACKUP)
         reply, _ = agent.request(ListFiles(), FileList, what="listing what to back up")
+        self.in_progress = reply.cleanup
         self.files.extend(reply.files)
         return bool(reply.files)
 
