@@ -19,11 +19,12 @@ simulator's request log).  MB/s = 10^6 bytes/s; medians of ``--runs``.
 
 The password reaches ``smbclient`` through a 0600 authentication file (``-A``), never its argv.
 
-Variants (``--variant``, repeatable; default: ``default``):
+Variants (``--variant``, repeatable; default: ``default``, ``smbclient`` and ``local``):
 
-``default``      the product as shipped;
-``smbprotocol``  the pipelined smbprotocol reader only (no external data mover);
-``smbclient``    Samba's client as the data mover for sequential full reads;
+``default``      the product as shipped (smbprotocol, pipelined);
+``smbprotocol``  the pipelined smbprotocol reader, named explicitly;
+``smbclient``    Samba's client as the data mover for the disk's sequential read
+                 (``bareos_hyperv.storage.smbclient_mover``);
 ``local``        ``data=local`` (the share's directory as a local mount): the upper bound.
 """
 
@@ -42,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional
 
 from fdsim.fd import FdSim, JobResult
 from hvsim.simulation import Simulation
@@ -236,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="product variants to run")
     args = p.parse_args(argv)
-    variants = args.variant or ["default"]
+    variants = args.variant or ["default", "smbclient", "local"]
     size, small = args.size_mib * MiB, args.small_mib * MiB
 
     rows: Dict[str, Row] = {v: Row() for v in variants}

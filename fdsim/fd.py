@@ -863,12 +863,19 @@ class FdSim:
         count = self.buffer_size - (SPARSE_HEADER_SIZE if sparse else 0)
         st_size = pkt["statp"]["st_size"]
         address = moved = 0
+        # One buffer for the whole item, as the core's bsock buffer: reads land in it and the volume
+        # write takes a view of it, so no bytes object is made per block.
+        block = bytearray(count)
+        block_view = memoryview(block)
+        zeros = bytes(count) if sparse else b""
+        data: Union[bytes, memoryview]
         while not job.is_canceled():
             if core_fd is not None:
-                data = _read_full(core_fd, count)
-                if data is None:
+                n = _read_full_into(core_fd, block_view)
+                if n is None:
                     job.message(bfd.M_ERROR, f"Read error on file {fname}. ERR=read from core fd failed\n")
                     break
+                data = block_view[:n]
             else:
                 _, io = self._io_call(job, "read", self._io(bfd.IO_READ, count=count, filedes=0))
                 status = int(io["status"])
@@ -894,7 +901,7 @@ class FdSim:
                 data = bytes(io["buf"][:status]) if status > 0 else b""
             if not data:
                 break
-            skip = (sparse and len(data) == count and not any(data) and address + len(data) < st_size)
+            skip = (sparse and len(data) == count and data == zeros and address + len(data) < st_size)
             if not skip:
                 writer.data(address, data)
             address += len(data)
@@ -1136,20 +1143,19 @@ class BackgroundJob:
         return self._result
 
 
-def _read_full(fd: int, count: int) -> bytes | None:
-    """The core's bread on a do-in-core fd: fill the buffer or stop at EOF; None on error."""
-    parts: List[bytes] = []
+def _read_full_into(fd: int, buf: memoryview) -> int | None:
+    """The core's bread on a do-in-core fd: fill ``buf`` or stop at EOF; bytes read, None on error."""
     have = 0
+    count = len(buf)
     while have < count:
         try:
-            chunk = os.read(fd, count - have)
+            n = os.readv(fd, [buf[have:]])
         except OSError:
             return None
-        if not chunk:
+        if not n:
             break
-        parts.append(chunk)
-        have += len(chunk)
-    return b"".join(parts)
+        have += n
+    return have
 
 
 def _write_full(fd: int, data: bytes) -> None:

@@ -24,7 +24,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple, Union
 
 FT_DIREND = 5
 FT_DELETED = 23
@@ -138,8 +138,10 @@ class JobWriter:
         self._record(TAG_START, json.dumps(attrs).encode())
         self.files.append(record)
 
-    def data(self, address: int, chunk: bytes) -> None:
-        self._record(TAG_DATA, _ADDR.pack(address) + chunk)
+    def data(self, address: int, chunk: Union[bytes, memoryview]) -> None:
+        """One data record; ``chunk`` is written as it is (a view of the reader's buffer is not copied)."""
+        self._fh.write(_REC.pack(TAG_DATA, _ADDR.size + len(chunk)) + _ADDR.pack(address))
+        self._fh.write(chunk)
 
     def acl(self, content: bytes) -> None:
         self._record(TAG_ACL, content)

@@ -17,9 +17,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from bareos_hyperv.errors import BareosHyperVError, StorageError
 from bareos_hyperv.storage.base import Buffer, FileReader, FileWriter
@@ -33,6 +34,8 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
 # One read from the source / one write to the destination; a multiple of the core's 256 KiB.
 BUFFER_SIZE = 1024 * 1024
+# Buffers in flight between reading, writing to the pipe and hashing (see _Hasher).
+HASH_BUFFERS = 4
 # How often a running transfer reports its progress (bytes).
 PROGRESS_EVERY = 256 * 1024 * 1024
 
@@ -94,6 +97,9 @@ class _Transfer:
 
     def _count(self, n: int, data: Buffer) -> None:
         self.sha256.update(data)
+        self._counted(n)
+
+    def _counted(self, n: int) -> None:
         self.bytes += n
         if self._progress is not None and self.bytes >= self._next_report:
             self._next_report += PROGRESS_EVERY
@@ -115,6 +121,48 @@ class _Transfer:
         raise NotImplementedError
 
 
+class _Hasher:
+    """SHA-256 of a stream on a thread of its own, over a small pool of buffers.
+
+    hashlib releases the GIL on large updates, so hashing one buffer runs while the next is read and
+    this one is written to the pipe; serially, the digest (~1-1.5 GB/s here) would add its whole cost
+    to the copy.  A buffer comes back to the pool only when it has been hashed, and the caller takes
+    the next one only after writing the previous, so no buffer is refilled while in use.
+    """
+
+    def __init__(self, sha256: hashlib._Hash, buffers: int, size: int) -> None:
+        self.sha256 = sha256
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(size))
+        self._work: queue.SimpleQueue[Optional[Tuple[bytearray, int]]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def take(self) -> bytearray:
+        """A buffer to fill (waits while every buffer is still being hashed)."""
+        return self._free.get()
+
+    def submit(self, buf: bytearray, n: int) -> None:
+        """Hash the first ``n`` bytes of ``buf``, then return it to the pool."""
+        self._work.put((buf, n))
+
+    def finish(self) -> None:
+        """Wait until everything submitted is hashed."""
+        self._work.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            buf, n = item
+            with memoryview(buf) as view:
+                self.sha256.update(view[:n])
+            self._free.put(buf)
+
+
 class Pump(_Transfer):
     """Backup: copy ``reader`` into the pipe's write end, then close it (EOF for the core)."""
 
@@ -125,23 +173,33 @@ class Pump(_Transfer):
         self.wfd = wfd
 
     def _work(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
+        hasher = _Hasher(self.sha256, HASH_BUFFERS, BUFFER_SIZE)
+        try:
+            self._copy(hasher)
+        finally:
+            hasher.finish()
+
+    def _copy(self, hasher: _Hasher) -> None:
         while not self._abort.is_set():
+            buf = hasher.take()
             n = self.reader.readinto(buf)
             if n == 0:
+                hasher.submit(buf, 0)
                 break
-            chunk = view[:n]
-            self._count(n, chunk)
-            while chunk:
-                try:
-                    written = os.write(self.wfd, chunk)
-                except BrokenPipeError:
-                    raise StorageError(
-                        f"the Bareos core stopped reading {self.name} after {self.bytes} bytes",
-                        what_to_do="see the job log for the reason (cancel or a storage daemon error)",
-                    ) from None
-                chunk = chunk[written:]
+            hasher.submit(buf, n)
+            self._counted(n)
+            with memoryview(buf) as view:
+                chunk = view[:n]
+                while chunk:
+                    try:
+                        written = os.write(self.wfd, chunk)
+                    except BrokenPipeError:
+                        raise StorageError(
+                            f"the Bareos core stopped reading {self.name} after {self.bytes} bytes",
+                            what_to_do="see the job log for the reason (cancel or a storage daemon error)",
+                        ) from None
+                    chunk = chunk[written:]
+                del chunk
         if self._abort.is_set():
             raise StorageError(f"streaming {self.name} was stopped after {self.bytes} bytes")
         if self.bytes != self.expected:

@@ -32,7 +32,7 @@ import struct
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, List, Mapping, Tuple, TypeVar, Union
 
@@ -80,6 +80,14 @@ from bareos_hyperv.storage.base import (
     StorageNotFound,
 )
 from bareos_hyperv.storage.locations import Location, SmbLocation
+from bareos_hyperv.storage.smbclient_mover import (
+    MIN_SIZE,
+    MoverReader,
+    SmbclientCommand,
+    find_smbclient,
+    mover_setting,
+    path_is_movable,
+)
 
 __all__ = ["DEFAULT_PORT", "SmbOptions", "SmbReader", "SmbStorage", "SmbWriter"]
 
@@ -154,6 +162,11 @@ class SmbOptions:
     :param retries: reconnect attempts in a row after a dropped connection before giving up.
     :param retry_delay: seconds before the first reconnect attempt, doubling per attempt.
     :param auth_protocol: ``negotiate`` (Kerberos if available, else NTLM), ``ntlm`` or ``kerberos``.
+    :param mover: who moves the bytes of a sequential read: ``smbprotocol`` (never a process),
+        ``auto`` (Samba's smbclient when it is installed and the file has at least ``mover_min_size``
+        bytes, else smbprotocol) or ``smbclient`` (whenever it can); default from
+        :data:`~bareos_hyperv.storage.smbclient_mover.MOVER_ENV`, else ``smbprotocol``.
+    :param mover_min_size: smallest file ``auto`` streams through smbclient.
     """
 
     encrypt: bool = False
@@ -165,6 +178,8 @@ class SmbOptions:
     retries: int = 3
     retry_delay: float = 0.5
     auth_protocol: str = "negotiate"
+    mover: str = field(default_factory=mover_setting)
+    mover_min_size: int = MIN_SIZE
 
 
 class _FastTcp(Tcp):  # type: ignore[misc]  # smbprotocol is untyped
@@ -691,9 +706,51 @@ class SmbStorage:
 
     # -- Storage interface -------------------------------------------------------------------------
 
-    def open_read(self, location: Location) -> SmbReader:
-        """Open an existing file for pipelined sequential reading (share mode read|write|delete)."""
-        return SmbReader(self, self._smb(location))
+    def open_read(self, location: Location) -> Union[SmbReader, MoverReader]:
+        """Open an existing file for pipelined sequential reading (share mode read|write|delete).
+
+        A large file's stream comes from Samba's smbclient when :attr:`SmbOptions.mover` allows it
+        (``storage.smbclient_mover``); the smbprotocol handle is opened first either way.
+        """
+        loc = self._smb(location)
+        reader = SmbReader(self, loc)
+        try:
+            command = self._mover_command(loc, reader.size)
+        except BaseException:
+            reader.close()
+            raise
+        if command is None:
+            return reader
+        log.debug("streaming %s through %s", loc, command.executable)
+        return MoverReader(reader, command, timeout=self.options.timeout)
+
+    def _mover_command(self, loc: SmbLocation, size: int) -> SmbclientCommand | None:
+        """How to run smbclient for this file, or None when smbprotocol should move it."""
+        choice = mover_setting(self.options.mover)
+        if choice == "smbprotocol" or (choice == "auto" and size < self.options.mover_min_size):
+            return None
+        # Kerberos-only needs a credential cache smbclient does not share with us; odd names cannot
+        # be written on its command line: both stay with smbprotocol.
+        if self.options.auth_protocol == "kerberos" or not path_is_movable(loc.path):
+            return None
+        executable = find_smbclient()
+        if executable is None:
+            if choice == "smbclient":
+                log.info("smbclient is not installed; reading %s with smbprotocol", loc)
+            return None
+        host, port = self._endpoint(loc.server)
+        return SmbclientCommand(
+            executable,
+            server=loc.server,
+            host=host,
+            port=port,
+            share=loc.share,
+            path=loc.path,
+            username=self._username,
+            password=self._password,
+            encrypt=self.options.encrypt,
+            kerberos="off" if self.options.auth_protocol == "ntlm" else "desired",
+        )
 
     def create(self, location: Location) -> SmbWriter:
         """Create a new file exclusively (:class:`StorageExists` if anything is there) for writing."""
