@@ -68,7 +68,8 @@ from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFo
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import Location, LocationResolver, parse_path_map, parse_share_map
 from bareos_hyperv.wsman.cim import CimInstance
-from bareos_hyperv.wsman.errors import NotFoundFault
+from bareos_hyperv.wsman.client import CimClient
+from bareos_hyperv.wsman.errors import NotFoundFault, WsmanConnectionError
 from bareos_hyperv.wsman.transport import TransportOptions
 
 log = logging.getLogger("bareos_hyperv.agent.hyperv")
@@ -76,6 +77,10 @@ log = logging.getLogger("bareos_hyperv.agent.hyperv")
 TRAILER_FILE = "SHA256SUMS"
 STAGING_DIR = "bareos-hyperv-staging"
 FILE_MODE = stat_mod.S_IFREG | 0o640
+# After CreateSnapshot's answer was lost: how long (seconds) to watch for the checkpoint its job
+# may still make, and how often to look.
+ORPHAN_WAIT = 15.0
+ORPHAN_POLL = 0.5
 _MB = 1024 * 1024
 
 
@@ -356,7 +361,19 @@ class HyperVBackupSource:
         images = ImageService(services, timeout=self.timeout)
         disks, files = self._disks(config, images)
 
-        run.checkpoint = manager.create(vm.epr, vm.ref.guid, vm.state, self.consistency, self.job_id)
+        before = self._recovery_ids(client, vm)
+        try:
+            run.checkpoint = manager.create(vm.epr, vm.ref.guid, vm.state, self.consistency, self.job_id)
+        except WsmanConnectionError:
+            # The host may have carried the call out although its answer was lost; its job then
+            # makes the checkpoint a little later: watch for it for a while.
+            self._remove_new_checkpoints(client, manager, vm, before, wait=ORPHAN_WAIT)
+            raise
+        except BaseException:
+            # Failed or interrupted after the checkpoint was made (e.g. while naming it): a
+            # recovery checkpoint that was not there before is this job's, named or not.
+            self._remove_new_checkpoints(client, manager, vm, before)
+            raise
         for warning in run.checkpoint.warnings:
             log.warning("%s: %s", vm.ref.name, warning)
         log.info("%s: %s checkpoint taken on %s", vm.ref.name, run.checkpoint.achieved.value, run.node)
@@ -399,6 +416,37 @@ class HyperVBackupSource:
             relative = f"{DISKS_DIR}/{disk_file.index}-{escape_component(PureWindowsPath(host_path).name)}"
             self._add(run, relative, FileEntry(name="", size=st.size, mtime=int(st.mtime), mode=FILE_MODE),
                       location=location)
+
+    @staticmethod
+    def _recovery_checkpoints(client: CimClient, vm: vmops.VmSummary) -> List[CimInstance]:
+        snaps = client.associators(vm.epr, assoc_class=C.SNAPSHOT_OF_VS, result_class=C.VSSD)
+        return [s for s in snaps if s.opt_str("VirtualSystemType") == C.VirtualSystemType.SNAPSHOT_RECOVERY]
+
+    def _recovery_ids(self, client: CimClient, vm: vmops.VmSummary) -> set[str]:
+        return {s.str("InstanceID").lower() for s in self._recovery_checkpoints(client, vm)}
+
+    def _remove_new_checkpoints(self, client: CimClient, manager: CheckpointManager, vm: vmops.VmSummary,
+                                before: set[str], *, wait: float = 0.0) -> None:
+        """Destroy recovery checkpoints that appeared during a failed create (best effort).
+
+        With ``wait``, look again until one appears or ``wait`` seconds have passed.
+        """
+        deadline = time.monotonic() + wait
+        try:
+            while True:
+                found = [s for s in self._recovery_checkpoints(client, vm)
+                         if s.str("InstanceID").lower() not in before and s.epr is not None]
+                for snap in found:
+                    assert snap.epr is not None
+                    manager.destroy(snap.epr)
+                    log.warning("%s: removed the recovery checkpoint %s that the failed attempt created",
+                                vm.ref.name, snap.str("InstanceID"))
+                if found or time.monotonic() >= deadline:
+                    return
+                time.sleep(ORPHAN_POLL)
+        except BareosHyperVError as exc:
+            log.error("%s: could not check for a recovery checkpoint left by the failed attempt: %s; the "
+                      "next job of this plugin removes it once named, or delete it on the host", vm.ref.name, exc)
 
     def _disks(self, config: VmConfig, images: ImageService) -> tuple[List[DiskBackup], List[tuple[DiskFile, str]]]:
         """Each drive's chain (leaf first) and the files to save; skipped drives say why."""

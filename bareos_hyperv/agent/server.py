@@ -27,6 +27,7 @@ from bareos_hyperv.protocol.messages import (
     PROTOCOL_VERSION,
     Cleanup,
     CleanupDone,
+    CleanupRecord,
     CloseFile,
     CreateFile,
     EndJob,
@@ -104,8 +105,9 @@ class AgentServer:
             return self._loop()
         except Terminated:
             log.warning("agent stopped by SIGTERM (job canceled or fd shutting down)")
-            self._close_session()
-            self._final_flush()
+            session = self.session
+            closed = self._close_session()
+            self._final_flush(session if closed else None)
             return EXIT_TERMINATED
         except ChannelClosed:
             return EXIT_FD_GONE
@@ -113,22 +115,31 @@ class AgentServer:
             self._close_session()
             self.channel.close()
 
-    def _final_flush(self) -> None:
-        """Leave what the cleanup logged on the socket for the fd (best effort, bounded)."""
+    def _final_flush(self, closed: Optional[Session]) -> None:
+        """Leave what the cleanup logged on the socket for the fd (best effort, bounded).
+
+        When the session was closed completely, a last JobDone tells the fd what its cleanup
+        could not undo; without it the fd assumes nothing was undone.
+        """
         try:
             self.channel.sock.settimeout(FINAL_FLUSH_TIMEOUT)
             for queued in self.outbox.take():
                 self.channel.send(queued)
+            if closed is not None:
+                self.channel.send(self._job_done(closed))
         except (ProtocolError, OSError):
             pass
 
-    def _close_session(self) -> None:
+    def _close_session(self) -> bool:
+        """Close the session (idempotent); False when its cleanup failed half-way."""
         if self.session is not None:
             session, self.session = self.session, None
             try:
                 session.close()
             except Exception as exc:  # cleanup must not mask how the job ended
                 log.warning("cleanup after the job failed: %s", exc)
+                return False
+        return True
 
     def _handshake(self) -> bool:
         hello = self.channel.recv()
@@ -177,16 +188,21 @@ class AgentServer:
             for fd in fds:  # the fd now holds its own copy of each pipe end
                 os.close(fd)
 
+    @staticmethod
+    def _job_done(session: Session, left: Optional[CleanupRecord] = None) -> JobDone:
+        stats = session.job_done()
+        return JobDone(files=stats.files, bytes=stats.bytes, peak_rss_kib=stats.peak_rss_kib,
+                       seconds=stats.seconds, cleanup=left or session.left)
+
     def _end_job(self) -> None:
         session = self.session
-        self._close_session()  # first: JobDone says what the cleanup could not undo
         if session is None:
-            done = JobDone(files=0, bytes=0, peak_rss_kib=peak_rss_kib(), seconds=0.0)
-        else:
-            stats = session.job_done()
-            done = JobDone(files=stats.files, bytes=stats.bytes, peak_rss_kib=stats.peak_rss_kib,
-                           seconds=stats.seconds, cleanup=session.left)
-        self._send(done)
+            self._send(JobDone(files=0, bytes=0, peak_rss_kib=peak_rss_kib(), seconds=0.0))
+            return
+        pending = session.pending_cleanup()
+        # Close first: JobDone says what the cleanup could not undo (all of it if the cleanup broke).
+        closed = self._close_session()
+        self._send(self._job_done(session, None if closed else pending))
 
     # -- requests --------------------------------------------------------------------------------
 

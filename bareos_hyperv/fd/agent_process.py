@@ -158,6 +158,8 @@ class AgentProcess:
         self._stderr: Optional[IO[bytes]] = None
         self._lock = threading.Lock()
         self._stopping = False
+        # JobDone an agent sent on its own as it ended after SIGTERM: what its cleanup left.
+        self.farewell: Optional[JobDone] = None
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -266,6 +268,8 @@ class AgentProcess:
                     self.reporter.progress(reply)
                 elif isinstance(reply, ErrorReply):
                     raise RemoteError(reply)
+                elif isinstance(reply, JobDone) and reply_type is not JobDone:
+                    self.farewell = reply  # stopped by SIGTERM while we waited; EOF follows
                 else:
                     try:
                         return expect(reply, reply_type), fds
@@ -313,6 +317,8 @@ class AgentProcess:
                 msg = self.channel.recv(timeout=DRAIN_TIMEOUT)
                 if isinstance(msg, LogRecord):
                     self.reporter.agent_log(msg)
+                elif isinstance(msg, JobDone):
+                    self.farewell = msg
                 else:
                     self.reporter.debug(100, f"agent left a {msg.TYPE} message after it ended")
         except ProtocolError:

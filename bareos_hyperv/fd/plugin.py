@@ -11,11 +11,11 @@ pipe into the destination and IO_OPEN gives its write end to the core.  The plug
 data in Python.
 
 Cleanup after a dead agent: every batch the agent lists carries what the job has changed on the
-Hyper-V side so far (a recovery checkpoint, a staging folder); the plugin keeps the latest.  When
-the job ends and the agent did not undo it itself (killed, crashed, stopped by SIGKILL after a
-cancel, or it reported a leftover in JobDone), a fresh agent is started in cleanup mode to remove
-exactly that, bounded by :data:`CLEANUP_DEADLINE`; what still remains is reported as M_ERROR and
-the next job's stale-checkpoint sweep removes it.
+Hyper-V side so far (a recovery checkpoint, a staging folder); the plugin keeps the latest.  An
+agent that ends normally, or after SIGTERM, reports in JobDone what it could not undo.  When the
+job ends with something not undone (agent killed or crashed, or a leftover in JobDone), a fresh
+agent is started in cleanup mode to remove exactly that, bounded by :data:`CLEANUP_DEADLINE`;
+what still remains is reported as M_ERROR and the next job's stale-checkpoint sweep removes it.
 
 Errors: every failure is a :class:`~bareos_hyperv.errors.BareosHyperVError` (the agent's arrive
 as :class:`~bareos_hyperv.fd.agent_process.RemoteError`); :meth:`BareosFdHyperV._fail` turns the
@@ -206,7 +206,8 @@ class BareosFdHyperV:
         if done is not None and not (self.failed or self.canceled):
             self.log.info(f"agent finished: {done.files} file(s), {done.bytes} bytes in {done.seconds:.1f} s; "
                           f"agent peak memory (VmHWM) {done.peak_rss_kib} KiB")
-        left = self.in_progress if done is None else done.cleanup
+        final = done if done is not None else agent.farewell
+        left = self.in_progress if final is None else final.cleanup
         self.in_progress = None
         if left is not None:
             self._clean_up_after(left, agent)
