@@ -25,6 +25,7 @@ again if it migrated.  The next job's stale-checkpoint sweep remains the last sa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import logging
@@ -202,9 +203,12 @@ class HyperVBackupSource:
         else:
             from bareos_hyperv.storage.smb import SmbOptions, SmbStorage  # smbprotocol only when used
 
+            smb_options = SmbOptions(encrypt=opts.get("smb_encrypt", "no") == "yes")
+            if opts.get("smb_mover"):  # unset: the agent's environment or smbprotocol decides
+                smb_options = dataclasses.replace(smb_options, mover=opts["smb_mover"])
             smb_map = {k: (a, p or 445) for k, (a, p) in parse_host_map(opts.get("smb_host_map", "")).items()}
             self.storage = SmbStorage.from_credentials(
-                credentials, endpoints=smb_map, options=SmbOptions(encrypt=opts.get("smb_encrypt", "no") == "yes"))
+                credentials, endpoints=smb_map, options=smb_options)
         self._queue: Optional[List[vmops.VmSummary]] = None
         self._dirs: Dict[str, str] = {}
         self._scope = ""

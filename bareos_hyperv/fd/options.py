@@ -72,6 +72,9 @@ OPTIONS: Dict[str, OptionSpec] = {
                             help="application (crash fallback with a warning), application-required or crash"),
     "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)"),
     "timeout": make_opt(int, 1800, help="seconds a Hyper-V operation (checkpoint, export) may take"),
+    # No default here: unset, the agent's environment (BAREOS_HYPERV_SMB_MOVER) or smbprotocol decides.
+    "smb_mover": make_opt(str, choices=("smbprotocol", "auto", "smbclient"),
+                          help="who streams whole disks over SMB: smbprotocol, or Samba's smbclient when installed"),
     "paths": make_opt(str, required_for=("files",), help="comma-separated absolute local paths"),
     "smb_server": make_opt(str, required_for=("smb",), help="SMB server name (e.g. a Hyper-V node)"),
     "smb_share": make_opt(str, required_for=("smb",), help="share name, e.g. C$"),

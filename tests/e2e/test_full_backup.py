@@ -107,3 +107,20 @@ def test_two_consecutive_jobs_in_one_fd_process(estate: Any) -> None:
     # one VM after the other: db01's digests before file01's manifest
     order = [n for n in names if n.endswith(("manifest.xml", "SHA256SUMS"))]
     assert [n.rsplit("/", 2)[1] for n in order] == ["db01", "db01", "file01", "file01"]
+
+
+def test_disks_streamed_by_samba_smbclient_when_the_fileset_asks(estate: Any, tmp_path: Path) -> None:
+    """smb_mover=smbclient: Samba's own client moves the disk bytes; the result is the same."""
+    world = estate.sim.world
+    web = world.vm("web01")
+    path = "C:\\ClusterStorage\\Volume2\\web01\\Virtual Hard Disks\\web01-data.vhdx"
+    before = _sha(world.local(web.node, path))
+    job = estate.backup(host="HVCLUSTER01", vm="web01", smb_mover="smbclient", agent_debug="yes")
+    assert job.status == "T", job.log()
+    debug = "\n".join(text for _level, text in job.debug_messages)
+    assert "web01-data.vhdx through" in debug and "smbclient" in debug, debug[-2000:]
+    back = estate.restore_to(tmp_path / "r")
+    assert back.status == "T", back.log()
+    copy = tmp_path / "r" / "@hyperv" / "HVCLUSTER01" / "web01" / "disks" / "1-web01-data.vhdx"
+    assert _sha(copy) == before
+    _assert_clean(estate, "web01")

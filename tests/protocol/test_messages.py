@@ -10,6 +10,9 @@ import pytest
 from bareos_hyperv.errors import ProtocolError, StorageError
 from bareos_hyperv.protocol.messages import (
     CloseFile,
+    Cleanup,
+    CleanupDone,
+    CleanupRecord,
     CreateFile,
     EndJob,
     ErrorReply,
@@ -37,6 +40,8 @@ from bareos_hyperv.protocol.messages import (
 )
 
 SECRET = "S3cret-Pa55word!"
+RECORD = CleanupRecord(host="HVCLUSTER01", node="HV02", vm_guid="0A1B2C3D-0000-4000-8000-000000000001",
+                       vm_name="web 01 ü", job_id=12, checkpoint_id="Microsoft:5E1F", staging="C:\\CS\\stage")
 
 EXAMPLES: List[Message] = [
     Hello(version=1, fd_pid=42),
@@ -57,6 +62,13 @@ EXAMPLES: List[Message] = [
     LogRecord(level=LogLevel.WARNING, text="careful"),
     Progress(name="a", bytes=3),
     ErrorReply(kind="storage", message="m", what_to_do="w", context={"path": "/x"}),
+    StartJob(kind=JobKind.CLEANUP, source="hyperv", jobid=9, job_name="c", options={"host": "HVCLUSTER01"},
+             cleanup=RECORD),
+    Cleanup(),
+    CleanupDone(left=None),
+    CleanupDone(left=RECORD),
+    FileList(files=[FileEntry("@hyperv/C/vm/manifest.xml", 10, 1)], cleanup=RECORD),
+    JobDone(files=0, bytes=0, peak_rss_kib=1, seconds=0.5, cleanup=RECORD),
 ]
 
 
