@@ -9,10 +9,10 @@ import pytest
 
 from bareos_hyperv.errors import ProtocolError, StorageError
 from bareos_hyperv.protocol.messages import (
-    CloseFile,
     Cleanup,
     CleanupDone,
     CleanupRecord,
+    CloseFile,
     CreateFile,
     EndJob,
     ErrorReply,
