@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import List, Protocol, Type, Union
+from typing import Callable, List, Protocol, Type, Union
 
 from bareos_hyperv.errors import StorageError
 from bareos_hyperv.storage.locations import Location
@@ -74,6 +74,23 @@ class DirEntry:
     size: int
     mtime: float
     is_dir: bool
+
+
+def read_through(readinto: Callable[[Buffer], int], size: int) -> bytes:
+    """``read(size)`` built on ``readinto``: up to ``size`` bytes, fewer only at end of file.
+
+    Every reader implements ``readinto`` (the fast path); this gives them the same ``read``.
+    """
+    out = bytearray(size)
+    got = 0
+    with memoryview(out) as view:
+        while got < size:
+            n = readinto(view[got:])
+            if n == 0:
+                break
+            got += n
+    del out[got:]
+    return bytes(out)
 
 
 class FileReader(Protocol):

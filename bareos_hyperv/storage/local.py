@@ -23,6 +23,7 @@ from bareos_hyperv.storage.base import (
     StorageBusy,
     StorageExists,
     StorageNotFound,
+    read_through,
 )
 from bareos_hyperv.storage.locations import LocalLocation, Location
 
@@ -108,19 +109,7 @@ class LocalReader:
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (-1: to the end of the file)."""
-        if size < 0:
-            size = max(0, self._size - self._pos)
-        out = bytearray(size)
-        view = memoryview(out)
-        got = 0
-        while got < size:
-            n = self.readinto(view[got:])
-            if n == 0:
-                break
-            got += n
-        del view
-        del out[got:]
-        return bytes(out)
+        return read_through(self.readinto, max(0, self._size - self._pos) if size < 0 else size)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (short at end of file)."""

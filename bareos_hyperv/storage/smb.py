@@ -78,6 +78,7 @@ from bareos_hyperv.storage.base import (
     StorageConnectionError,
     StorageExists,
     StorageNotFound,
+    read_through,
 )
 from bareos_hyperv.storage.locations import Location, SmbLocation
 from bareos_hyperv.storage.smbclient_mover import (
@@ -865,25 +866,13 @@ class SmbStorage:
 
     def delete(self, location: Location, *, missing_ok: bool = False) -> None:
         """Delete a file (delete-on-close)."""
-        loc = self._smb(location)
-
-        def fn() -> None:
-            h = self._create(
-                loc,
-                DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
-                CreateDisposition.FILE_OPEN,
-                CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
-            )
-            h.close(get_attributes=False)
-
-        try:
-            self._call("delete", loc, fn, retry=False)
-        except StorageNotFound:
-            if not missing_ok:
-                raise
+        self._delete_on_close("delete", location, CreateOptions.FILE_NON_DIRECTORY_FILE, missing_ok)
 
     def rmdir(self, location: Location, *, missing_ok: bool = False) -> None:
         """Remove an empty directory (delete-on-close of the directory handle)."""
+        self._delete_on_close("rmdir", location, CreateOptions.FILE_DIRECTORY_FILE, missing_ok)
+
+    def _delete_on_close(self, op: str, location: Location, kind: int, missing_ok: bool) -> None:
         loc = self._smb(location)
 
         def fn() -> None:
@@ -891,12 +880,13 @@ class SmbStorage:
                 loc,
                 DELETE | FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
                 CreateDisposition.FILE_OPEN,
-                CreateOptions.FILE_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
+                kind | CreateOptions.FILE_DELETE_ON_CLOSE,
             )
             h.close(get_attributes=False)
 
         try:
-            self._call("rmdir", loc, fn, retry=False)
+            # Not retried: a delete that happened before the connection dropped would then fail.
+            self._call(op, loc, fn, retry=False)
         except StorageNotFound:
             if not missing_ok:
                 raise
@@ -1101,19 +1091,7 @@ class SmbReader:
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (-1: to the end of the file)."""
-        if size < 0:
-            size = max(0, self._size - self._pos)
-        out = bytearray(size)
-        view = memoryview(out)
-        got = 0
-        while got < size:
-            n = self.readinto(view[got:])
-            if n == 0:
-                break
-            got += n
-        del view
-        del out[got:]
-        return bytes(out)
+        return read_through(self.readinto, max(0, self._size - self._pos) if size < 0 else size)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (short at end of file); the stream position is unchanged."""

@@ -45,7 +45,7 @@ import tempfile
 from types import TracebackType
 from typing import List, Optional, Protocol, Type
 
-from bareos_hyperv.storage.base import Buffer
+from bareos_hyperv.storage.base import Buffer, read_through
 
 __all__ = [
     "DEFAULT_MOVER",
@@ -384,18 +384,7 @@ class MoverReader:
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes from the stream (-1: to the end of the file)."""
-        if size < 0:
-            size = max(0, self.size - self._pos)
-        out = bytearray(size)
-        got = 0
-        with memoryview(out) as view:
-            while got < size:
-                n = self.readinto(view[got:])
-                if n == 0:
-                    break
-                got += n
-        del out[got:]
-        return bytes(out)
+        return read_through(self.readinto, max(0, self.size - self._pos) if size < 0 else size)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """A range through smbprotocol; the stream is not disturbed."""
