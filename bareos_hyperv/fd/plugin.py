@@ -102,9 +102,14 @@ def _callback(func: F) -> F:
     return cast(F, wrapper)
 
 
-def _env_credentials() -> Optional[WireCredentials]:
-    """Credentials from the fd's environment, to be passed over the socket (never inherited)."""
-    username, password = os.environ.get(ENV_USERNAME), os.environ.get(ENV_PASSWORD)
+def _env_credentials(username: Optional[str] = None) -> Optional[WireCredentials]:
+    """Credentials from the fd's environment, to be passed over the socket (never inherited).
+
+    ``username`` (the ``username=`` option) names the account when the FileSet gives it; the
+    password always comes from the environment, never from the plugin definition.
+    """
+    username = username or os.environ.get(ENV_USERNAME)
+    password = os.environ.get(ENV_PASSWORD)
     if not username or password is None:
         return None
     return WireCredentials(username=username, password=password, domain=os.environ.get(ENV_DOMAIN) or None)
@@ -192,7 +197,9 @@ class BareosFdHyperV:
 
     def _credentials(self) -> Optional[WireCredentials]:
         """The fd environment's account, sent over the socket, unless credentials_file= names one."""
-        return None if self.options.get_str("credentials_file") else _env_credentials()
+        if self.options.get_str("credentials_file"):
+            return None
+        return _env_credentials(self.options.get_str("username"))
 
     def _finish(self) -> None:
         """End of job: stop the agent and report its totals."""

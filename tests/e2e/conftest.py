@@ -38,7 +38,8 @@ class Estate:
             "timeout": "120",
         }
         base.update(extra)
-        return ":".join(f"{k}={_escape(v)}" for k, v in base.items())
+        # An empty value removes a default option (e.g. credentials_file="" to use the environment).
+        return ":".join(f"{k}={_escape(v)}" for k, v in base.items() if v != "")
 
     def backup(self, **options: str) -> JobResult:
         return self.fd.backup(f"python3:module_name=bareos-fd-hyperv:{self.options(**options)}",

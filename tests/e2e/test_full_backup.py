@@ -124,3 +124,14 @@ def test_disks_streamed_by_samba_smbclient_when_the_fileset_asks(estate: Any, tm
     copy = tmp_path / "r" / "@hyperv" / "HVCLUSTER01" / "web01" / "disks" / "1-web01-data.vhdx"
     assert _sha(copy) == before
     _assert_clean(estate, "web01")
+
+
+def test_username_option_with_the_password_from_the_environment(estate: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials file: username= in the FileSet, the password only in the fd's environment."""
+    monkeypatch.setenv("BAREOS_HYPERV_PASSWORD", estate.sim.password)
+    monkeypatch.delenv("BAREOS_HYPERV_USERNAME", raising=False)
+    job = estate.backup(host="HVCLUSTER01", vm="db01", credentials_file="", username=estate.sim.user)
+    assert job.status == "T", job.log()
+    assert estate.sim.password not in job.log()
+    _assert_clean(estate, "db01")
