@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := samba smbclient qemu-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps debs venv lint typecheck test unit demo bench clean
+.PHONY: all deps debs venv lint typecheck test unit test-py39 demo bench clean
 
 all: test
 
@@ -44,6 +44,15 @@ unit: deps
 
 test: deps lint typecheck unit
 
+# Bareos on RHEL 9 embeds Python 3.9: run the whole suite on it too when this machine has one.
+PY39 ?= $(shell for p in python3.9 /usr/bin/python3.9 $$HOME/.pyenv/versions/3.9*/bin/python3.9; do \
+	  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+test-py39: debs
+	@if [ -z "$(PY39)" ]; then echo "python3.9 not found: skipping the Python 3.9 run"; exit 0; fi; \
+	[ -x .venv39/bin/python ] || $(PY39) -m venv .venv39; \
+	.venv39/bin/python -m pip install -q --upgrade pip && .venv39/bin/python -m pip install -q -e '.[test]' && \
+	.venv39/bin/python -m pytest $(PYTEST_ARGS)
+
 demo: deps
 	$(PY) -m bareos_hyperv.cli demo
 
@@ -51,4 +60,4 @@ bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv39 build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,20 @@ def _layer_of(path: Path) -> str:
     return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
 
 
+def _stdlib_names() -> set[str]:
+    names = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
+    if names is not None:
+        return set(names)
+    # Python 3.9: the standard library's directory and the interpreter's built-in modules.
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    found = {p.stem for p in lib.glob("*.py")} | {p.name for p in lib.iterdir() if (p / "__init__.py").exists()}
+    dynload = lib / "lib-dynload"
+    found |= {p.name.split(".")[0] for p in dynload.glob("*.so")} if dynload.is_dir() else set()
+    return found | set(sys.builtin_module_names)
+
+
 def _violations() -> list[str]:
-    stdlib = set(sys.stdlib_module_names)
+    stdlib = _stdlib_names()
     bad: list[str] = []
     for path in sorted(PKG.rglob("*.py")):
         layer = _layer_of(path)
