@@ -115,15 +115,15 @@ class CheckpointManager:
         try:
             result = self._create(vm_epr, level)
         except JobFailedError as exc:
-            if level != CONSISTENCY_APPLICATION or consistency is Consistency.APPLICATION_REQUIRED:
-                if consistency is Consistency.APPLICATION_REQUIRED:
-                    raise HyperVError(
-                        "the guest could not make an application-consistent checkpoint",
-                        context={"host": self.services.node, "vm": vm_guid, "hyper-v": exc.message},
-                        what_to_do="check the Hyper-V Volume Shadow Copy Requestor (backup integration "
-                        "service) in the guest, or allow a fallback with consistency=application",
-                    ) from exc
-                raise
+            if level != CONSISTENCY_APPLICATION:
+                raise  # a crash-consistent or cold checkpoint failed: nothing to fall back to
+            if consistency is Consistency.APPLICATION_REQUIRED:
+                raise HyperVError(
+                    "the guest could not make an application-consistent checkpoint",
+                    context={"host": self.services.node, "vm": vm_guid, "hyper-v": exc.message},
+                    what_to_do="check the Hyper-V Volume Shadow Copy Requestor (backup integration "
+                    "service) in the guest, or allow a fallback with consistency=application",
+                ) from exc
             warnings.append(
                 f"application-consistent checkpoint failed ({exc.message}); "
                 "fell back to a crash-consistent checkpoint"

@@ -107,3 +107,18 @@ def test_configuration_only_export_writes_native_files(sim: Simulation) -> None:
         names = sorted(p.name for p in target.iterdir())
         assert names == [f"{vm.ref.guid}.vmcx", f"{vm.ref.guid}.vmgs", f"{vm.ref.guid}.vmrs"]
         mgr.destroy(cp.epr)
+
+
+def test_a_failed_cold_checkpoint_is_not_blamed_on_the_guest(sim: Simulation) -> None:
+    """db01 is off: no application consistency is attempted, so a failure is Hyper-V's job error."""
+    from bareos_hyperv.hyperv.jobs import JobFailedError
+    from hvsim.faults import JOB_FAIL
+
+    sim.faults.add(JOB_FAIL, "CreateSnapshot", error_code=32768, error_description="Disk full on the CSV")
+    conn, services, vm = _setup(sim, "HV02", "db01")
+    with conn:
+        mgr = CheckpointManager(services, timeout=60)
+        with pytest.raises(JobFailedError) as info:
+            mgr.create(vm.epr, vm.ref.guid, vm.state, Consistency.APPLICATION_REQUIRED, job_id=5)
+    assert "application-consistent" not in str(info.value)
+    assert sim.world.snapshots(vm.ref.guid) == []
