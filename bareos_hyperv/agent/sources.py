@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import stat as stat_mod
 from pathlib import PurePosixPath
-from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
+from bareos_hyperv.backup.context import SourceContext
 from bareos_hyperv.errors import ConfigurationError
-from bareos_hyperv.model.credentials import Credentials
 from bareos_hyperv.protocol.messages import FileEntry
 from bareos_hyperv.storage.base import FileReader, StorageNotFound
 from bareos_hyperv.storage.local import LocalStorage
@@ -31,21 +31,6 @@ FILES_PREFIX = "@files"
 SMB_PREFIX = "@smb"
 # Regular file, rw-r----- : what the catalog shows for items that are not local files.
 DEFAULT_MODE = stat_mod.S_IFREG | 0o640
-
-
-class SourceContext(Protocol):
-    """What a source may ask of the job: its options and (lazily) its credentials."""
-
-    @property
-    def options(self) -> Mapping[str, str]:
-        """The job's options as the fd validated them (strings)."""
-
-    def credentials(self) -> Credentials:
-        """The account for remote sources; raises ConfigurationError when none was given."""
-
-    @property
-    def job_id(self) -> int:
-        """The Bareos JobId of this job."""
 
 
 class Source(Protocol):
@@ -184,7 +169,7 @@ class SmbSource:
 SourceFactory = Callable[[SourceContext], Source]
 def _hyperv(ctx: SourceContext) -> Source:
     # Imported on use: the Hyper-V stack (lxml, pywinrm) is not needed by the other sources.
-    from bareos_hyperv.agent.hyperv_backup import HyperVBackupSource
+    from bareos_hyperv.backup.hyperv import HyperVBackupSource
 
     return HyperVBackupSource(ctx)
 

@@ -28,8 +28,12 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     # cryptography: smb.py verifies signatures and decrypts SMB3 messages itself on the hot path.
     "storage": ({"model", "errors", "storage"}, {"smbprotocol", "smbclient", "spnego", "cryptography"}),
     "manifest": ({"model", "errors", "manifest"}, {"lxml"}),
-    "agent": ({"protocol", "hyperv", "storage", "manifest", "model", "errors", "agent", "wsman"}, set()),
-    "cli": ({"agent", "hyperv", "storage", "manifest", "model", "errors", "wsman", "cli", "protocol"},
+    "backup": ({"protocol", "hyperv", "storage", "manifest", "model", "errors", "wsman", "backup"}, set()),
+    "restore": ({"protocol", "hyperv", "storage", "manifest", "model", "errors", "wsman", "restore"}, set()),
+    "agent": ({"protocol", "hyperv", "storage", "manifest", "model", "errors", "agent", "wsman", "backup", "restore"},
+              set()),
+    "cli": ({"backup", "restore", "agent", "hyperv", "storage", "manifest", "model", "errors", "wsman", "cli",
+             "protocol"},
             {"hvsim", "fdsim"}),  # `bareos-hyperv demo` only
 }
 

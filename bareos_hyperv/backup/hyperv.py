@@ -36,7 +36,7 @@ from pathlib import PureWindowsPath
 from typing import Dict, List, Optional, Sequence
 
 from bareos_hyperv import __version__
-from bareos_hyperv.agent.sources import SourceContext
+from bareos_hyperv.backup.context import SourceContext
 from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVError, StorageError
 from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv import constants as C
@@ -73,7 +73,7 @@ from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.errors import NotFoundFault, WsmanConnectionError
 from bareos_hyperv.wsman.transport import TransportOptions
 
-log = logging.getLogger("bareos_hyperv.agent.hyperv")
+log = logging.getLogger("bareos_hyperv.backup.hyperv")
 
 TRAILER_FILE = "SHA256SUMS"
 STAGING_DIR = "bareos-hyperv-staging"

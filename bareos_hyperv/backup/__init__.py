@@ -1,0 +1,1 @@
+"""backup orchestration: one VM at a time (checkpoint, export, disks); see docs/architecture.md."""
