@@ -60,6 +60,8 @@ from bareos_hyperv.model.backup import (
     Controller,
     DiskBackup,
     DiskFile,
+    PartKind,
+    SaveSetPart,
 )
 from bareos_hyperv.model.cluster import ClusterFacts
 from bareos_hyperv.model.host import HostFacts
@@ -76,6 +78,11 @@ from bareos_hyperv.wsman.transport import TransportOptions
 log = logging.getLogger("bareos_hyperv.backup.hyperv")
 
 TRAILER_FILE = "SHA256SUMS"
+# The final manifest (sizes and digests of every part) is also saved as a restore object, which
+# Bareos hands to a restore before any data (reference §7, §12); the fd plugin looks for this name.
+MANIFEST_OBJECT = "manifest.object.xml"
+# A restore object must fit one network message of the fd (1,000,000 bytes, reference §7).
+MAX_OBJECT_BYTES = 900_000
 STAGING_DIR = "bareos-hyperv-staging"
 FILE_MODE = stat_mod.S_IFREG | 0o640
 # After CreateSnapshot's answer was lost: how long (seconds) to watch for the checkpoint its job
@@ -159,6 +166,8 @@ class _VmRun:
     started: float = field(default_factory=time.monotonic)
     bytes: int = 0
     trailer_listed: bool = False
+    manifest: Optional[Manifest] = None  # as streamed first (no digests yet)
+    disk_sources: Dict[str, str] = field(default_factory=dict)  # relative disks/<n>-<file> -> host path
 
     def record(self, host: str, job_id: int) -> Optional[CleanupRecord]:
         """What exists on the Hyper-V side for this VM right now (None: nothing to undo)."""
@@ -226,7 +235,7 @@ class HyperVBackupSource:
         run = self._current
         if run is not None:
             if not run.trailer_listed:
-                return [self._finish(run)]
+                return self._finish(run)
             self._current = None
         assert self._queue is not None  # set by _resolve
         if not self._queue:
@@ -409,6 +418,7 @@ class HyperVBackupSource:
             disks=disks,
             cluster=self._cluster,
         )
+        run.manifest = manifest
         data = to_xml(manifest)
         now = int(time.time())
         self._add(run, MANIFEST_FILE, FileEntry(name="", size=len(data), mtime=now, mode=FILE_MODE), content=data)
@@ -418,6 +428,7 @@ class HyperVBackupSource:
             location = self.resolver.resolve(host_path, run.node)
             st = self.storage.stat(location)
             relative = f"{DISKS_DIR}/{disk_file.index}-{escape_component(PureWindowsPath(host_path).name)}"
+            run.disk_sources[relative] = host_path
             self._add(run, relative, FileEntry(name="", size=st.size, mtime=int(st.mtime), mode=FILE_MODE),
                       location=location)
 
@@ -504,7 +515,7 @@ class HyperVBackupSource:
         entry = FileEntry(name=name, size=entry.size, mtime=entry.mtime, mode=entry.mode)
         run.items[name] = _Item(entry=entry, relative=relative, location=location, content=content)
 
-    def _finish(self, run: _VmRun) -> FileEntry:
+    def _finish(self, run: _VmRun) -> List[FileEntry]:
         """Every item of the VM is saved: keep the checkpoint as a reference point, clean up, list digests."""
         assert run.checkpoint is not None and run.manager is not None
         missing = [i.relative for i in run.items.values() if i.relative not in run.digests]
@@ -535,7 +546,43 @@ class HyperVBackupSource:
         self._add(run, TRAILER_FILE, FileEntry(name="", size=len(data), mtime=int(time.time()), mode=FILE_MODE),
                   content=data)
         run.trailer_listed = True
-        return run.items[f"{run.directory}/{TRAILER_FILE}"].entry
+        out = [run.items[f"{run.directory}/{TRAILER_FILE}"].entry]
+        final = to_xml(self._final_manifest(run)).decode("utf-8")
+        if len(final.encode("utf-8")) > MAX_OBJECT_BYTES:
+            log.warning("%s: the manifest (%d bytes) is too large for a Bareos restore object; a restore into "
+                        "Hyper-V will not be possible, a restore of the files is", run.summary.ref.name, len(final))
+        else:
+            out.append(FileEntry(name=f"{run.directory}/{MANIFEST_OBJECT}", size=len(final), mtime=int(time.time()),
+                                 mode=FILE_MODE, restore_object=final))
+        return out
+
+    def _final_manifest(self, run: _VmRun) -> Manifest:
+        """The manifest with what the core received: size and SHA-256 of every part and disk file."""
+        assert run.manifest is not None
+        manifest = run.manifest
+        sizes = {item.relative: item.entry.size for item in run.items.values()}
+        by_index: Dict[int, str] = {}
+        parts: List[SaveSetPart] = []
+        for relative, digest in sorted(run.digests.items()):
+            if relative.startswith(CONFIG_DIR + "/"):
+                parts.append(SaveSetPart(kind=PartKind.CONFIG, name=relative, size=sizes[relative], sha256=digest))
+            elif relative in run.disk_sources:
+                index = int(relative[len(DISKS_DIR) + 1:].split("-", 1)[0])
+                by_index[index] = relative
+                parts.append(SaveSetPart(kind=PartKind.DISK, name=relative, size=sizes[relative], sha256=digest,
+                                         file_index=index, source=run.disk_sources[relative]))
+        disks = []
+        for disk in manifest.disks:
+            chain = []
+            for f in disk.chain:
+                saved = by_index.get(f.index)
+                if saved is None:
+                    chain.append(f)
+                else:
+                    chain.append(dataclasses.replace(f, file_size=sizes[saved], sha256=run.digests[saved]))
+            disks.append(dataclasses.replace(disk, chain=chain))
+        backup = dataclasses.replace(manifest.backup, parts=parts)
+        return dataclasses.replace(manifest, backup=backup, disks=disks)
 
     def _abort(self, run: _VmRun) -> None:
         """The VM's backup did not complete: destroy its checkpoint and staging folder (best effort).

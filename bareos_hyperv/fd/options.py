@@ -19,6 +19,14 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
 from bareos_hyperv.errors import ConfigurationError
+from bareos_hyperv.protocol.messages import (
+    DiskMapping,
+    MissingSwitch,
+    RestoreOptions,
+    RestoreTarget,
+    SwitchMapping,
+    parse_pairs,
+)
 
 __all__ = ["OPTIONS", "SOURCES", "OptionSpec", "PluginOptions", "make_opt", "split_definition"]
 
@@ -87,7 +95,26 @@ OPTIONS: Dict[str, OptionSpec] = {
     "agent_python": make_opt(str, to_agent=False, help="python3 that has bareos-hyperv installed"),
     "agent_timeout": make_opt(int, 300, help="seconds the agent may stay silent before the job fails"),
     "agent_debug": make_opt(bool, False, help="relay the agent's debug log to the fd debug output"),
-    "restore_local": make_opt(bool, True, help="restore the files below the job's where= directory"),
+    # -- restore (restore_* options matter only at restore; see RestoreOptions) --
+    "restore_local": make_opt(bool, help="yes: files below where= (same as restore_to=directory); "
+                                         "no: into Hyper-V (same as restore_to=hyperv)"),
+    "restore_to": make_opt(str, choices=("hyperv", "directory"),
+                           help="hyperv (default when where= is empty or /) or directory (default otherwise)"),
+    "restore_host": make_opt(str, help="node, standalone host or cluster to restore to (default: where the VM was)"),
+    "restore_node": make_opt(str, help="cluster node that owns the restored VM (default: the original owner)"),
+    "restore_vm_name": make_opt(str, help="name of the restored VM (default: the backed-up name)"),
+    "restore_new_id": make_opt(bool, help="yes: new VM ID (a copy); no: keep it (default: keep when free)"),
+    "restore_overwrite": make_opt(bool, False, help="replace the existing VM with the same ID"),
+    "restore_force_off": make_opt(bool, False, help="turn the VM to be overwritten off if it runs"),
+    "restore_storage": make_opt(str, help="one host folder or CSV for configuration and disks"),
+    "restore_disk_map": make_opt(str, help="DISK=FOLDER,... per disk (disk by file name, source path or slot)"),
+    "restore_switch_map": make_opt(str, help="OLD=NEW,... switch names at the destination"),
+    "restore_missing_switch": make_opt(str, "fail", choices=("fail", "disconnect"),
+                                       help="adapters whose switch the destination lacks: fail or disconnect"),
+    "restore_dry_run": make_opt(bool, False, help="print the restore plan and change nothing"),
+    "restore_start": make_opt(bool, False, help="start the VM after the restore"),
+    "restore_cluster_role": make_opt(bool, help="make the VM highly available (default: yes in a cluster)"),
+    "restore_vm": make_opt(str, help="names or GUIDs of the VMs to restore from a multi-VM job (default: all)"),
 }
 
 
@@ -219,3 +246,60 @@ class PluginOptions:
                 continue
             out[key] = ("yes" if value else "no") if isinstance(value, bool) else str(value)
         return out
+
+    def restore_target(self, where: str) -> RestoreTarget:
+        """Hyper-V when where= is empty or ``/`` unless restore_to/restore_local say otherwise."""
+        to = self.get_str("restore_to")
+        if to is not None:
+            return RestoreTarget(to)
+        local = self.get("restore_local")
+        if isinstance(local, bool):
+            return RestoreTarget.DIRECTORY if local else RestoreTarget.HYPERV
+        return RestoreTarget.HYPERV if where.strip() in ("", "/") else RestoreTarget.DIRECTORY
+
+    def restore_options(self, where: str) -> RestoreOptions:
+        """The typed restore options; every bad value or contradiction in one ConfigurationError."""
+        problems: List[str] = []
+        target = self.restore_target(where)
+        to, local = self.get_str("restore_to"), self.get("restore_local")
+        if to is not None and isinstance(local, bool) and (to == "directory") != local:
+            problems.append(f"restore_to={to} contradicts restore_local={'yes' if local else 'no'}")
+        if target is RestoreTarget.HYPERV and self.source != "hyperv":
+            problems.append(f"restore into Hyper-V needs source=hyperv, this job has source={self.source}")
+        pairs, bad = parse_pairs(self.get_str("restore_disk_map") or "", "restore_disk_map")
+        problems.extend(bad)
+        disk_map = [DiskMapping(a, b) for a, b in pairs]
+        pairs, bad = parse_pairs(self.get_str("restore_switch_map") or "", "restore_switch_map")
+        problems.extend(bad)
+        switch_map = [SwitchMapping(a, b) for a, b in pairs]
+        seen = set()
+        for m in switch_map:
+            if m.source.casefold() in seen:
+                problems.append(f"restore_switch_map names the switch '{m.source}' twice")
+            seen.add(m.source.casefold())
+        new_id = self.get("restore_new_id")
+        overwrite = self.get_bool("restore_overwrite")
+        if overwrite and new_id is True:
+            problems.append("restore_overwrite=yes replaces the VM with the same ID and contradicts restore_new_id=yes")
+        if self.get_bool("restore_force_off") and not overwrite:
+            problems.append("restore_force_off=yes only applies with restore_overwrite=yes")
+        if self.get_bool("restore_start") and self.get_bool("restore_dry_run"):
+            problems.append("restore_start=yes contradicts restore_dry_run=yes")
+        name = self.get_str("restore_vm_name")
+        if name is not None and (len(name) > 100 or any(not ch.isprintable() for ch in name)):
+            problems.append("restore_vm_name must be at most 100 printable characters")
+        if problems:
+            raise ConfigurationError(
+                "restore options refused: " + "; ".join(problems),
+                what_to_do="correct the restore_* values in the restore's pluginoptions (nothing was written)")
+        cluster_role = self.get("restore_cluster_role")
+        return RestoreOptions(
+            target=target, host=self.get_str("restore_host"), vm_name=name,
+            new_id=new_id if isinstance(new_id, bool) else None, overwrite=overwrite,
+            force_off=self.get_bool("restore_force_off"), storage=self.get_str("restore_storage"),
+            disk_map=disk_map, switch_map=switch_map,
+            missing_switch=MissingSwitch(self.get_str("restore_missing_switch") or "fail"),
+            dry_run=self.get_bool("restore_dry_run"), start=self.get_bool("restore_start"),
+            cluster_role=cluster_role if isinstance(cluster_role, bool) else None,
+            node=self.get_str("restore_node"),
+            vms=[v.strip() for v in (self.get_str("restore_vm") or "").split(",") if v.strip()])

@@ -48,11 +48,20 @@ from bareos_hyperv.protocol.messages import (
     FileDone,
     FileEntry,
     FileList,
+    FileSkipped,
+    FinishRestore,
     JobKind,
     JobStarted,
     ListFiles,
+    Message,
     OpenFile,
     PipeReady,
+    PlanRestore,
+    RestoreFinished,
+    RestoreObject,
+    RestoreOptions,
+    RestorePlanned,
+    RestoreTarget,
     StartJob,
     WireCredentials,
 )
@@ -77,6 +86,8 @@ REPLACE_ALWAYS, REPLACE_IFNEWER, REPLACE_NEVER, REPLACE_IFOLDER = ord("a"), ord(
 ENV_USERNAME = "BAREOS_HYPERV_USERNAME"
 ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"  # noqa: S105 - a variable name
 ENV_DOMAIN = "BAREOS_HYPERV_DOMAIN"
+# Name ending of the restore object that carries a VM's final manifest (digests included).
+MANIFEST_OBJECT_SUFFIX = "/manifest.object.xml"
 # Cleanup agent: seconds per Hyper-V operation (and of silence), and for the whole cleanup.
 CLEANUP_TIMEOUT = 60
 CLEANUP_DEADLINE = 120.0
@@ -146,6 +157,9 @@ class BareosFdHyperV:
         self.in_progress: Optional[CleanupRecord] = None  # what to undo if the agent dies now
         self._warned: Set[str] = set()
         self._lock = threading.Lock()
+        self.objects: List[RestoreObject] = []  # restore: manifests received before the data
+        self.object_index = 0  # backup: ObjectIndex of the restore objects saved so far
+        self.restore: Optional[RestoreOptions] = None  # restore: set at bEventStartRestoreJob
         bareosfd.RegisterEvents(list(EVENTS))
         self.jobid = int(bareosfd.GetValue(bareosfd.bVarJobId) or 0)
         self.job_name = str(bareosfd.GetValue(bareosfd.bVarJobName) or "")
@@ -191,8 +205,8 @@ class BareosFdHyperV:
             raise ProtocolError("the job was canceled")
         where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
         agent.request(StartJob(kind=kind, source=self.options.source, jobid=self.jobid, job_name=self.job_name,
-                               options=self.options.for_agent(), credentials=self._credentials(), where=where),
-                      JobStarted, what="starting the job")
+                               options=self.options.for_agent(), credentials=self._credentials(), where=where,
+                               restore=self.restore), JobStarted, what="starting the job")
         return agent
 
     def _credentials(self) -> Optional[WireCredentials]:
@@ -277,10 +291,20 @@ class BareosFdHyperV:
                 agent = self.agent
                 if agent is not None:
                     agent.abort("the job was canceled")
+            elif event == bareosfd.bEventStartRestoreJob:
+                self._start_restore()
             elif event in END_EVENTS:
+                if event == bareosfd.bEventEndRestoreJob:
+                    self._finish_restore()
                 self._finish()
         except BareosHyperVError as exc:
             self._fail(exc)
+            if event == bareosfd.bEventStartRestoreJob:
+                return int(bareosfd.bRC_Error)
+        except Exception as exc:
+            self.log.debug(DEBUG_TRACE, traceback.format_exc())
+            self._fail(ProtocolError(f"internal error at event {event}: {type(exc).__name__}: {exc}",
+                                     what_to_do="report this as a bug with the job log at debug level 100"))
         return int(bareosfd.bRC_OK)
 
     # -- backup ----------------------------------------------------------------------------------
@@ -303,6 +327,18 @@ class BareosFdHyperV:
                 return int(bareosfd.bRC_Stop)
         entry = self.files[self.index]
         savepkt.fname = entry.name
+        if entry.restore_object is not None:
+            # Saved in the catalog, delivered to every restore before the data (reference §7, §12).
+            data = bytearray(entry.restore_object.encode("utf-8"))
+            self.object_index += 1
+            savepkt.type = bareosfd.FT_RESTORE_FIRST
+            savepkt.object_name = entry.name
+            savepkt.object = data
+            savepkt.object_len = len(data)
+            savepkt.object_index = self.object_index
+            savepkt.statp = bareosfd.StatPacket(mode=entry.mode, size=len(data), atime=entry.mtime,
+                                                mtime=entry.mtime, ctime=entry.mtime)
+            return int(bareosfd.bRC_OK)
         savepkt.type = bareosfd.FT_REG
         savepkt.no_read = False
         savepkt.statp = bareosfd.StatPacket(mode=entry.mode, size=entry.size, atime=entry.mtime,
@@ -378,6 +414,40 @@ class BareosFdHyperV:
 
     # -- restore ---------------------------------------------------------------------------------
 
+    def _start_restore(self) -> None:
+        """bEventStartRestoreJob: where= is known; a restore into Hyper-V is planned before any data."""
+        where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
+        self.restore = self.options.restore_options(where)
+        if self.restore.target is not RestoreTarget.HYPERV:
+            return
+        if not self.objects:
+            raise ConfigurationError(
+                "this restore has no VM manifest among its restore objects, so it cannot be restored into "
+                "Hyper-V (the backup was made by an older bareos-hyperv, or no VM of this plugin was selected)",
+                what_to_do="restore the files into a directory (a where= other than /) and import them by hand")
+        agent = self._ensure_agent(JobKind.RESTORE)
+        # Restore objects arrive ordered by ObjectIndex, not by job (reference §12): sort by job.
+        objects = sorted(self.objects, key=lambda o: (o.jobid, o.name))
+        reply, _ = agent.request(PlanRestore(objects=objects), RestorePlanned, what="planning the restore")
+        if self.restore.dry_run:
+            self.log.info("restore_dry_run=yes: the plan above was printed; nothing will be written")
+        for name in reply.refused:
+            self.log.error(f"VM {name} will not be restored: its plan has blocking problems (see above)")
+
+    def _finish_restore(self) -> None:
+        """bEventEndRestoreJob: import the VMs; any failure is fatal (an M_ERROR here leaves the job OK)."""
+        restore = self.restore
+        if restore is None or restore.target is not RestoreTarget.HYPERV or self.agent is None:
+            return
+        if self.failed or self.canceled:
+            return
+        reply, _ = self.agent.request(FinishRestore(), RestoreFinished, what="importing the restored VMs")
+        if reply.failed:
+            names = "; ".join(f"{vm}: {why}" for vm, why in reply.failed.items())
+            done = f" (restored: {', '.join(reply.restored)})" if reply.restored else ""
+            raise BareosHyperVError(f"restore into Hyper-V failed for {names}{done}",
+                                    what_to_do="see the job log above for what was left where")
+
     @_callback
     def start_restore_file(self, cmd: str) -> int:
         """Start the agent for the restore on the first item."""
@@ -415,12 +485,23 @@ class BareosFdHyperV:
             restorepkt.create_status = bareosfd.CF_SKIP
             return int(bareosfd.bRC_OK)
         statp = restorepkt.statp
-        if not self._replace_allowed(target, int(restorepkt.replace), int(statp.st_mtime)):
+        into_hyperv = self.restore is not None and self.restore.target is RestoreTarget.HYPERV
+        if not into_hyperv and not self._replace_allowed(target, int(restorepkt.replace), int(statp.st_mtime)):
             restorepkt.create_status = bareosfd.CF_SKIP
             return int(bareosfd.bRC_OK)
         msg = CreateFile(name=target, target=target, size=int(statp.st_size), mtime=int(statp.st_mtime),
                          mode=int(statp.st_mode), replace=True)
-        _, fds = agent.request(msg, PipeReady, what=f"preparing the restore of {target}")
+        reply: Message
+        reply, fds = agent.request(msg, Message, what=f"preparing the restore of {target}")
+        if isinstance(reply, FileSkipped):
+            close_fds(fds)
+            if reply.reason:
+                self.log.debug(DEBUG_TRACE, f"{target}: skipped ({reply.reason})")
+            restorepkt.create_status = bareosfd.CF_SKIP
+            return int(bareosfd.bRC_OK)
+        if not isinstance(reply, PipeReady):
+            close_fds(fds)
+            raise ProtocolError(f"the agent answered {reply.TYPE} to the restore of {target}")
         if len(fds) != 1:
             close_fds(fds)
             raise ProtocolError(f"the agent sent {len(fds)} descriptors for {target}, expected 1")
@@ -455,8 +536,21 @@ class BareosFdHyperV:
         """No extended attributes for plugin items."""
         return int(bareosfd.bRC_OK)
 
+    @_callback
     def restore_object_data(self, rop: Any) -> int:
-        """No restore objects yet."""
+        """Keep each VM's final manifest (restore objects arrive before bEventStartRestoreJob)."""
+        name = str(rop.object_name or "")
+        if not name.endswith(MANIFEST_OBJECT_SUFFIX):
+            return int(bareosfd.bRC_OK)
+        data = rop.object
+        raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else str(data).encode("utf-8")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"the restore object {name} of job {rop.jobid} is not UTF-8 text",
+                                     what_to_do="the catalog or the save set is damaged; restore the files "
+                                                "into a directory instead") from None
+        self.objects.append(RestoreObject(jobid=int(rop.jobid), name=name, data=text))
         return int(bareosfd.bRC_OK)
 
     def handle_backup_file(self, savepkt: Any) -> int:

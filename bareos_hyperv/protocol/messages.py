@@ -15,6 +15,10 @@ fills while the Bareos core, not the plugin, is running)::
     cleanup: fd: StartJob(kind=cleanup, cleanup=record) ... fd: Cleanup   agent: CleanupDone(left)
     restore: fd: CreateFile(name, target..) agent: PipeReady(name, size) + write end
              fd: CloseFile(name)            agent: FileDone(...)
+    restore into Hyper-V (StartJob.restore): first
+             fd: PlanRestore(objects)       agent: RestorePlanned(vms, refused)
+             then per item CreateFile ... agent: PipeReady + write end, or FileSkipped(reason)
+             fd: FinishRestore              agent: RestoreFinished(restored, failed)
     fd: EndJob                              agent: JobDone(stats) and exits
 
 Any request may instead be answered by :class:`ErrorReply`.  Log records and progress the
@@ -41,6 +45,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_type_hints
 
 from bareos_hyperv.errors import BareosHyperVError, ProtocolError
+from bareos_hyperv.model.restore import (
+    DiskMapping,
+    MissingSwitch,
+    RestoreOptions,
+    RestoreTarget,
+    SwitchMapping,
+    parse_pairs,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -49,11 +61,14 @@ __all__ = [
     "CleanupRecord",
     "CloseFile",
     "CreateFile",
+    "DiskMapping",
     "EndJob",
     "ErrorReply",
     "FileDone",
     "FileEntry",
     "FileList",
+    "FileSkipped",
+    "FinishRestore",
     "Hello",
     "HelloReply",
     "JobDone",
@@ -63,14 +78,23 @@ __all__ = [
     "LogLevel",
     "LogRecord",
     "Message",
+    "MissingSwitch",
     "OpenFile",
     "PipeReady",
+    "PlanRestore",
     "Progress",
+    "RestoreFinished",
+    "RestoreObject",
+    "RestoreOptions",
+    "RestorePlanned",
+    "RestoreTarget",
     "StartJob",
+    "SwitchMapping",
     "WireCredentials",
     "decode",
     "encode",
     "error_from_exception",
+    "parse_pairs",
 ]
 
 # Bump on any incompatible change; fd and agent refuse to talk across versions.
@@ -121,6 +145,8 @@ class FileEntry:
     size: int
     mtime: int
     mode: int = 0o100640
+    # Backup: the item is a restore object (FT_RESTORE_FIRST) with this text as its data, no I/O.
+    restore_object: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,7 @@ class StartJob(Message):
     credentials: Optional[WireCredentials] = None
     where: str = ""
     cleanup: Optional[CleanupRecord] = None  # JobKind.CLEANUP: what to undo
+    restore: Optional[RestoreOptions] = None  # JobKind.RESTORE: the typed restore_* options
 
     def __repr__(self) -> str:
         return (f"StartJob(kind={self.kind.value}, source={self.source!r}, jobid={self.jobid}, "
@@ -208,6 +235,30 @@ class CreateFile(Message):
     mtime: int
     mode: int
     replace: bool
+
+
+@dataclass(frozen=True)
+class RestoreObject:
+    """A restore object the fd received before the restore started (a VM's final manifest)."""
+
+    jobid: int
+    name: str
+    data: str
+
+
+@dataclass(frozen=True)
+class PlanRestore(Message):
+    """Restore into Hyper-V: plan every VM of these manifests against the destination, before any data."""
+
+    TYPE: ClassVar[str] = "plan_restore"
+    objects: List[RestoreObject]
+
+
+@dataclass(frozen=True)
+class FinishRestore(Message):
+    """Restore into Hyper-V: every item arrived; import, verify and register the VMs."""
+
+    TYPE: ClassVar[str] = "finish_restore"
 
 
 @dataclass(frozen=True)
@@ -269,6 +320,33 @@ class PipeReady(Message):
     TYPE: ClassVar[str] = "pipe_ready"
     name: str
     size: int
+
+
+@dataclass(frozen=True)
+class FileSkipped(Message):
+    """Restore: the item is not written (not needed, dry run, or its VM's plan was refused)."""
+
+    TYPE: ClassVar[str] = "file_skipped"
+    name: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RestorePlanned(Message):
+    """The VMs the restore will bring back (directory names in the save set) and those it refused."""
+
+    TYPE: ClassVar[str] = "restore_planned"
+    vms: List[str]
+    refused: List[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RestoreFinished(Message):
+    """Outcome of a restore into Hyper-V: VMs restored, and VMs that failed with the reason."""
+
+    TYPE: ClassVar[str] = "restore_finished"
+    restored: List[str]
+    failed: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -334,7 +412,8 @@ class ErrorReply(Message):
 _REGISTRY: Dict[str, Type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, StartJob, ListFiles, OpenFile, CreateFile, CloseFile, Cleanup, EndJob, HelloReply,
-                JobStarted, FileList, PipeReady, FileDone, JobDone, CleanupDone, LogRecord, Progress, ErrorReply)
+                JobStarted, FileList, PipeReady, FileDone, JobDone, CleanupDone, LogRecord, Progress, ErrorReply,
+                PlanRestore, FinishRestore, FileSkipped, RestorePlanned, RestoreFinished)
 }
 
 M = TypeVar("M", bound=Message)
@@ -425,7 +504,8 @@ _HINTS: Dict[type, Dict[str, Any]] = {}
 def _build(cls: Type[Any], body: Mapping[str, Any], where: str) -> Any:
     hints = _HINTS.get(cls)
     if hints is None:
-        hints = get_type_hints(cls, vars(sys.modules[__name__]))
+        # Types named in the class's own module (model classes carried by a message included).
+        hints = get_type_hints(cls, vars(sys.modules[cls.__module__]))
         _HINTS[cls] = hints
     kwargs: Dict[str, Any] = {}
     for f in dataclasses.fields(cls):

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 from pathlib import Path, PureWindowsPath
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -44,9 +45,19 @@ def test_full_backup_of_a_running_clustered_vm_and_restore_to_a_directory(estate
     names = estate.fd.list_files(job.jobid)
     base = "@hyperv/HVCLUSTER01/web01/"
     assert names[0] == base + "manifest.xml"
-    assert names[-1] == base + "SHA256SUMS"
+    assert names[-2] == base + "SHA256SUMS"
+    # The final manifest, with every digest, as a restore object (a restore meets it before any data).
+    assert names[-1] == base + "manifest.object.xml"
+    objects = estate.fd.store.objects([job.jobid])
+    assert [o.object_name for o in objects] == [base + "manifest.object.xml"]
+    final = from_xml(objects[0].inflated(), source="restore object")
+    assert {p.name: p.sha256 for p in final.backup.parts} == {
+        f"config/{web.id}.vmcx": mock.ANY, f"config/{web.id}.vmgs": mock.ANY, f"config/{web.id}.vmrs": mock.ANY,
+        "disks/0-web01-system.vhdx": before["web01-system.vhdx"], "disks/1-web01-data.vhdx": before["web01-data.vhdx"]}
+    assert [f.sha256 for d in final.disks for f in d.chain] == [before["web01-system.vhdx"],
+                                                                before["web01-data.vhdx"]]
     assert {n[len(base):] for n in names} == {
-        "manifest.xml", "SHA256SUMS",
+        "manifest.xml", "SHA256SUMS", "manifest.object.xml",
         f"config/{web.id}.vmcx", f"config/{web.id}.vmgs", f"config/{web.id}.vmrs",
         "disks/0-web01-system.vhdx", "disks/1-web01-data.vhdx"}
     _assert_clean(estate, "web01")

@@ -6,6 +6,7 @@ import pytest
 
 from bareos_hyperv.errors import ConfigurationError
 from bareos_hyperv.fd.options import OPTIONS, PluginOptions, split_definition
+from bareos_hyperv.protocol.messages import MissingSwitch, RestoreTarget
 
 
 def test_split_follows_the_bareos_base_class() -> None:
@@ -73,11 +74,55 @@ def test_hyperv_is_the_default_source_and_needs_host_and_vm() -> None:
 
 def test_restore_options_are_accepted_and_defaulted() -> None:
     opts = PluginOptions()
-    assert opts.get_bool("restore_local") is True
+    assert opts.get("restore_local") is None
     opts.add_definition("restore_local=no:source=files:paths=/x:")
     opts.check()
     assert opts.get_bool("restore_local") is False
     assert all(k.startswith("restore_") for k, s in OPTIONS.items() if "restore" in k)
+
+
+@pytest.mark.parametrize(("where", "definition", "target"), [
+    ("", "", RestoreTarget.HYPERV),
+    ("/", "", RestoreTarget.HYPERV),
+    ("/tmp/x", "", RestoreTarget.DIRECTORY),
+    ("/tmp/x", "restore_to=hyperv:", RestoreTarget.HYPERV),
+    ("", "restore_to=directory:", RestoreTarget.DIRECTORY),
+    ("", "restore_local=yes:", RestoreTarget.DIRECTORY),
+    ("/tmp/x", "restore_local=no:", RestoreTarget.HYPERV),
+])
+def test_restore_target_follows_where_unless_an_option_says_otherwise(where: str, definition: str,
+                                                                      target: RestoreTarget) -> None:
+    opts = PluginOptions()
+    opts.add_definition("host=h:vm=v:" + definition)
+    assert opts.restore_options(where).target is target
+
+
+def test_restore_options_are_typed_once() -> None:
+    opts = PluginOptions()
+    opts.add_definition("restore_host=HV02:restore_vm_name=web01-copy:restore_new_id=yes:"
+                        "restore_switch_map=LAN=Prod,DMZ=Edge:restore_missing_switch=disconnect:"
+                        "restore_disk_map=web01-data.vhdx=D\\:\\VMs:restore_dry_run=yes:restore_vm=web01,db01:"
+                        "host=HVCLUSTER01:vm=web01:")
+    r = opts.restore_options("")
+    assert (r.host, r.vm_name, r.new_id, r.dry_run, r.vms) == ("HV02", "web01-copy", True, True, ["web01", "db01"])
+    assert [(m.source, m.target) for m in r.switch_map] == [("LAN", "Prod"), ("DMZ", "Edge")]
+    assert r.mapped_switch("lan") == "Prod" and r.mapped_switch("WAN") is None
+    assert r.missing_switch is MissingSwitch.DISCONNECT
+    assert r.new_id is True and r.cluster_role is None and r.overwrite is False
+
+
+def test_bad_restore_options_are_refused_together_naming_each() -> None:
+    opts = PluginOptions()
+    opts.add_definition("host=h:vm=v:restore_overwrite=yes:restore_new_id=yes:restore_switch_map=LAN:"
+                        "restore_dry_run=yes:restore_start=yes:restore_to=directory:restore_local=no:")
+    with pytest.raises(ConfigurationError) as info:
+        opts.restore_options("")
+    text = str(info.value)
+    for needle in ("restore_overwrite=yes", "restore_new_id=yes", "restore_switch_map: 'LAN'",
+                   "restore_start=yes contradicts restore_dry_run=yes", "restore_to=directory contradicts"):
+        assert needle in text
+    with pytest.raises(ConfigurationError, match="restore_missing_switch=drop is not one of"):
+        opts.add_definition("restore_missing_switch=drop:")
 
 
 def test_agent_receives_strings_without_fd_only_options() -> None:
@@ -85,5 +130,5 @@ def test_agent_receives_strings_without_fd_only_options() -> None:
     opts.add_definition("source=files:paths=/a,/b:agent_python=/usr/bin/python3:smb_port=4455:")
     sent = opts.for_agent()
     assert sent["paths"] == "/a,/b" and sent["smb_port"] == "4455"
-    assert sent["smb_encrypt"] == "no" and sent["restore_local"] == "yes"
+    assert sent["smb_encrypt"] == "no" and "restore_local" not in sent
     assert "agent_python" not in sent
