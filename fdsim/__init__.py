@@ -8,7 +8,7 @@ Pieces (specification: the team reference ``shared/reference/bareos-python-fd.md
 - :mod:`fdsim.fd` - :class:`~fdsim.fd.FdSim`, the emulated fd core: backup (F/I/D, accurate),
   restore (most recent, one job, file filter, ``where``, ``replace``, ``pluginoptions``),
   estimate, cancel from another thread; returns :class:`~fdsim.fd.JobResult` (JobStatus
-  T/E/f/A, job log, debug messages, items, bytes, store JobId, plugin call trace).
+  T/E/f/A, job log, debug messages, items, bytes, FD errors, store JobId, plugin call trace).
 - :mod:`fdsim.interp` - one fresh CPython sub-interpreter per job (``_xxsubinterpreters``,
   legacy/shared-GIL like ``Py_NewInterpreter``), talking to the host over OS pipes, so
   extension modules that refuse a second interpreter (lxml, cryptography/PyO3) fail on the

@@ -139,8 +139,11 @@ class JobResult:
     debug_messages: List[Tuple[int, str]] = field(default_factory=list)
     files: List[FileResult] = field(default_factory=list)
     bytes: int = 0
-    errors: int = 0
+    errors: int = 0  # M_ERROR messages and items the core counted as errors
     warnings: int = 0
+    # "FD Errors" of the job report: the fd's jcr->JobErrors, i.e. ``errors`` plus, once a fatal
+    # error occurred, at least 1 (lib/message.cc Jmsg: M_FATAL sets JobErrors to 1 if it is 0).
+    fd_errors: int = 0
     calls: List[str] = field(default_factory=list)
     jobids: List[int] = field(default_factory=list)  # restores: the backup jobs read
 
@@ -175,7 +178,11 @@ class _Job:
         self.job_type = "I"  # JT_SYSTEM until the backup/restore command (§5.2)
         self.since = 0
         self.prev_job = ""
+        # jcr->where, what GetValue(bVarWhere) answers: None until filed dir_cmd.cc RestoreCmd takes
+        # it from the restore command, None again once RestoreCmd frees it (see _restore_job).
         self.where: str | None = None
+        self.restore_where = ""  # the restore's where ("" for where= empty or "/"): relocation, rp.where
+        self.error_terminated = False  # the restore's JobErrors check (filed dir_cmd.cc RestoreCmd) failed
         self.prefix_links = 0
         self.check_changes = True
         self.lock = threading.RLock()
@@ -197,10 +204,17 @@ class _Job:
             self.result.messages.append(JobMessage(msg_type, text, source))
             if msg_type in FATAL_TYPES:
                 self.fatal = True
+                self.result.fd_errors = max(self.result.fd_errors, 1)
             elif msg_type == bfd.M_ERROR:
-                self.result.errors += 1
+                self.count_error()
             elif msg_type == bfd.M_WARNING:
                 self.result.warnings += 1
+
+    def count_error(self) -> None:
+        """One more job error (jcr->JobErrors++)."""
+        with self.lock:
+            self.result.errors += 1
+            self.result.fd_errors += 1
 
     def is_canceled(self) -> bool:
         return self.fatal or self.canceled
@@ -519,8 +533,12 @@ class FdSim:
                 on_start: Callable[[int], None] | None = None) -> JobResult:
         """Restore the most recent backup (of these plugin strings) or one job's files.
 
-        ``files`` are fnmatch patterns (a pattern ending in ``/`` marks a whole tree), like
-        marking files in bconsole's restore tree.
+        ``jobid=N`` restores job N's files with job N's restore objects only; otherwise the chain
+        :meth:`SaveSetStore.most_recent_jobids` picks (of the FileSet of these plugin strings, or of
+        the newest successful backup) is restored: its files in (JobId, FileIndex) order, each name
+        from the newest job, and the objects of every job of the chain, even when ``files`` marks
+        only some files.  ``files`` are fnmatch patterns (a pattern ending in ``/`` marks a whole
+        tree), like marking files in bconsole's restore tree.
         """
         if replace not in REPLACE_CODES:
             raise FdSimError(f"fdsim restore: replace={replace!r} is not one of {sorted(REPLACE_CODES)}")
@@ -540,7 +558,8 @@ class FdSim:
         job = _Job(self, record, " ", str(plugin_dir), [str(p) for p in extra_sys_path], False,
                    FileSetOptions())
         job.result.jobids = list(jobids)
-        job.where = where if where not in ("", "/") else ""
+        # RestoreCmd turns "/" into nothing; bVarWhere stays None until bEventStartRestoreJob.
+        job.restore_where = where if where not in ("", "/") else ""
         job.prefix_links = int(prefix_links)
         code = REPLACE_CODES[replace]
         try:
@@ -632,6 +651,8 @@ class FdSim:
                     job.message(bfd.M_ERROR, f"fdsim: plugin threads still running at the end of the job: "
                                              f"{', '.join(leftover)}; Py_EndInterpreter would abort the "
                                              "real fd. The interpreter was left alive.\n")
+                    if job.record.job_type == "R":
+                        job.error_terminated = True  # fdsim's own diagnosis (the real fd would die)
         finally:
             with self._running_lock:
                 del self._running[job.record.jobid]
@@ -642,7 +663,7 @@ class FdSim:
                 result.status = "A"
             elif job.fatal:
                 result.status = "f"
-            elif job.walk_aborted or (job.record.job_type == "R" and result.errors):
+            elif job.walk_aborted or job.error_terminated:
                 result.status = "E"
             else:
                 result.status = "T"
@@ -788,7 +809,7 @@ class FdSim:
             return  # the directory itself is saved with its FT_DIREND record
         if ftype in NOT_ACCESSIBLE_TYPES:
             job.message(bfd.M_NOTSAVED, f"     Could not access \"{name}\"\n")
-            job.result.errors += 1
+            job.count_error()
             return
         if ftype == bfd.FT_ISARCH:
             job.message(bfd.M_NOTSAVED, f"     Archive file not saved: {name}\n")
@@ -857,7 +878,7 @@ class FdSim:
         opened, core_fd = self._open(job, fname, flags, 0)
         if not opened:
             job.message(bfd.M_NOTSAVED, f'     Cannot open "{fname}": ERR=plugin open failed.\n')
-            job.result.errors += 1
+            job.count_error()
             return 0, 0.0
         started = time.perf_counter()
         count = self.buffer_size - (SPARSE_HEADER_SIZE if sparse else 0)
@@ -945,12 +966,24 @@ class FdSim:
     # -- restore -------------------------------------------------------------------------------
     def _restore_job(self, job: _Job, jobids: List[int], selected: List[FileRecord],
                      pluginoptions: str | None, replace: int) -> None:
+        """Director order (dird restore.cc): ``pluginoptions``, restore objects, ``restore``, data.
+
+        ``pluginoptions`` (bEventNewPluginOptions) only store the override, unless they name a
+        module themselves; the first trigger that loads the module - the first restore object,
+        else the first item's bEventRestoreCommand - gets ``<override>`` + backup-time string
+        (python-fd.cc ``parse_plugin_definition`` merges while ``python_loaded`` is false, see
+        :meth:`_Job._c_parse`); every later bEventRestoreCommand gets the backup-time string alone.
+        """
         if pluginoptions:
             self._plugin_options(job, pluginoptions)
-        for rop in self.store.objects(jobids):
+        # dird fd_cmds.cc SendGlobalRestoreObjects: every JobId's objects, ordered by ObjectIndex.
+        for rop in self.store.restore_objects(jobids):
             job.event(bfd.bEventRestoreObject, rop)
         job.event(bfd.bEventRestoreObject, None)
+        # filed dir_cmd.cc RestoreCmd: jcr->where from the restore command, then
+        # GeneratePluginEvent(bEventStartRestoreJob), DoRestore.
         job.job_type = "R"
+        job.where = job.restore_where
         job.event(bfd.bEventStartRestoreJob)
         open_item = False
         for rec in selected:
@@ -965,6 +998,13 @@ class FdSim:
                 open_item = False
                 if rc == -1:
                     job.message(bfd.M_FATAL, "Return value of endRestoreFile invalid\n")
+        # RestoreCmd's bail_out: BfreeAndNull(jcr->where); "if (jcr->JobErrors)
+        # setJobStatus(JS_ErrorTerminated)"; only then EndRestoreCmd raises bEventEndRestoreJob. An
+        # M_ERROR from event 6 or later is counted (fd_errors) but leaves the job "Restore OK"; an
+        # M_FATAL there still makes it "f" (JS_FatalError wins) and suppresses bEventJobEnd.
+        job.where = None
+        if job.result.fd_errors:
+            job.error_terminated = True
         if bfd.bEventEndRestoreJob in job.events:
             if open_item:
                 job.call("end_restore_file")
@@ -972,9 +1012,9 @@ class FdSim:
         job.event(bfd.bEventJobEnd)
 
     def _relocate(self, job: _Job, name: str) -> str:
-        if not job.where:
+        if not job.restore_where:
             return name
-        return job.where.rstrip("/") + ("" if name.startswith("/") else "/") + name
+        return job.restore_where.rstrip("/") + ("" if name.startswith("/") else "/") + name
 
     def _restore_item(self, job: _Job, rec: FileRecord, replace: int) -> bool:
         """One item from its start record to its last data; True when start_restore_file ran."""
@@ -998,7 +1038,7 @@ class FdSim:
         rp = {"stream": STREAM_UNIX_ATTRIBUTES, "data_stream": int(attrs["data_stream"]), "type": ftype,
               "file_index": int(attrs["file_index"]), "linkFI": 0, "uid": attrs["statp"]["st_uid"],
               "statp": attrs["statp"], "attrEX": "", "ofname": ofname, "olname": olname,
-              "where": job.where or "", "regexwhere": None, "replace": replace,
+              "where": job.restore_where, "regexwhere": None, "replace": replace,
               "create_status": bfd.CF_ERROR, "filedes": -1}
         res = job.py(f"create_file({ofname!r})", ("create_file", rp), "create_file")
         status = int(res.get("create_status", bfd.CF_ERROR))

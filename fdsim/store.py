@@ -8,10 +8,11 @@ Layout under the store directory::
                           attributes, data records (file address + bytes), ACL and xattr
                           records, and an end record
 
-Restore selection follows bconsole ``restore`` "select most recent backup": the last Full, the
-last Differential after it, every Incremental after that, the newest version of each path
-(a path whose newest version is an FT_DELETED record is gone), fed back in (JobId, FileIndex)
-order as a bootstrap file would.
+Restore selection follows bconsole ``restore`` "select most recent backup" of one FileSet: the
+last Full, the last Differential after it, every Incremental after that, the newest version of
+each path (a path whose newest version is an FT_DELETED record is gone), fed back in
+(JobId, FileIndex) order as a bootstrap file would.  The restore objects of those jobs come in the
+director's order (:meth:`SaveSetStore.restore_objects`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple, Union
 
 FT_DIREND = 5
 FT_DELETED = 23
-OBJECT_TYPES = (25, 27, 28)  # FT_RESTORE_FIRST, FT_PLUGIN_CONFIG, FT_PLUGIN_CONFIG_FILLED
+FT_RESTORE_FIRST, FT_PLUGIN_CONFIG, FT_PLUGIN_CONFIG_FILLED = 25, 27, 28
+OBJECT_TYPES = (FT_RESTORE_FIRST, FT_PLUGIN_CONFIG, FT_PLUGIN_CONFIG_FILLED)
 GOOD_JOB_STATUS = ("T", "W")
 # Bareos compresses restore objects above this size when zlib makes them smaller (§7).
 OBJECT_COMPRESS_THRESHOLD = 1000
@@ -240,10 +242,29 @@ class SaveSetStore:
         return list(self._files.get(jobid, []))
 
     def objects(self, jobids: Sequence[int], types: Sequence[int] = (25, 27)) -> List[StoredObject]:
-        """Restore objects of these jobs (by default FT_RESTORE_FIRST and FT_PLUGIN_CONFIG)."""
+        """Restore objects of these jobs (by default FT_RESTORE_FIRST and FT_PLUGIN_CONFIG), job by
+        job in the order the backup made them (what an Incremental backup is sent, see fd.py)."""
         out: List[StoredObject] = []
         for jobid in sorted(jobids):
             out.extend(o for o in self._objects.get(jobid, []) if o.object_type in types)
+        return out
+
+    def restore_objects(self, jobids: Sequence[int]) -> List[StoredObject]:
+        """The objects a restore of these JobIds is sent, in the director's order.
+
+        dird ``fd_cmds.cc`` ``SendGlobalRestoreObjects`` runs the catalog query
+        ``get_restore_objects`` (``cats/postgresql_queries.inc``: ``WHERE JobId IN (<all JobIds of
+        the restore>) AND ObjectType = %d ORDER BY ObjectIndex ASC``) once for FT_RESTORE_FIRST,
+        then once for FT_PLUGIN_CONFIG: ordered by ObjectIndex across the jobs, not job by job.
+        Equal ObjectIndex values came in JobId order on a real PostgreSQL catalog (reference §12);
+        the stable sort below keeps that.  (A third query sends FT_PLUGIN_CONFIG_FILLED objects of
+        the restore job itself; fdsim's restore jobs have none.)
+        """
+        ordered = sorted(jobids)
+        out: List[StoredObject] = []
+        for object_type in (FT_RESTORE_FIRST, FT_PLUGIN_CONFIG):
+            rows = [o for jobid in ordered for o in self._objects.get(jobid, []) if o.object_type == object_type]
+            out.extend(sorted(rows, key=lambda o: o.object_index))
         return out
 
     # -- selection -----------------------------------------------------------------------------
@@ -263,7 +284,16 @@ class SaveSetStore:
         return fulls[-1] if fulls else None
 
     def most_recent_jobids(self, fileset: Sequence[str] | None = None) -> List[int]:
-        """Full + last Differential after it + Incrementals after that, oldest first."""
+        """Full + last Differential after it + Incrementals after that, oldest first.
+
+        All of one FileSet, as dird ``ua_restore.cc`` selects them (``select_backups_before_date``
+        filters by Client and FileSet): without ``fileset``, the FileSet of the newest successful
+        backup (where bconsole would ask which FileSet), so jobs of two FileSets never mix.
+        """
+        if fileset is None:
+            newest = self._backups(None)
+            if newest:
+                fileset = newest[-1].fileset
         backups = self._backups(fileset)
         fulls = [j for j in backups if j.level == "F"]
         if not fulls:

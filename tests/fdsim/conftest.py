@@ -5,7 +5,8 @@ JSON spec file, restores them below ``where``, and appends one JSON line per thi
 (events, options, packets, restore objects, thread ids) to a log file the test reads back.
 Options select its behaviour: ``spec`` (items, and names check_file keeps), ``log``,
 ``restore_io`` (plugin|core), ``create``
-(extract|core), ``keep`` ``fail_at``, ``misbehave``.
+(extract|core), ``keep`` ``fail_at``, ``misbehave``.  Restore-side entries carry
+``GetValue(bVarWhere)`` as ``where`` (``var_where`` in ``create_file``, whose ``where`` is the packet's).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class TestFiles(BareosFdPluginBaseclass):
         self.feeder = None
         self.stop_feeding = threading.Event()
         self.log_early = [("init", plugindef)]
+        self.init_where = GetValue(bVarWhere)
 
     # -- logging ---------------------------------------------------------------------------
     def log(self, kind, **fields):
@@ -71,18 +73,30 @@ class TestFiles(BareosFdPluginBaseclass):
             self.logpath = self.options["log"]
             for kind, fields in getattr(self, "log_early", []):
                 if kind == "init":
-                    self.log("init", plugindef=fields, level=GetValue(bVarLevel), type=GetValue(bVarType))
-        self.log("parse", plugindef=plugindef, options=dict(self.options))
+                    self.log("init", plugindef=fields, level=GetValue(bVarLevel), type=GetValue(bVarType),
+                             where=self.init_where)
+        self.log("parse", plugindef=plugindef, options=dict(self.options), where=GetValue(bVarWhere))
         if self.options.get("fail_at") == "parse":
             JobMessage(M_FATAL, "parse refused on purpose\n")
             return bRC_Error
         return rc
 
     def handle_plugin_event(self, event):
+        on_job_thread = threading.get_ident() == self.job_thread
         self.log("event", event=event, thread=threading.get_ident(), job_thread=self.job_thread,
-                 since=GetValue(bVarSinceTime), level=GetValue(bVarLevel), type=GetValue(bVarType))
+                 since=GetValue(bVarSinceTime), level=GetValue(bVarLevel), type=GetValue(bVarType),
+                 where=GetValue(bVarWhere) if on_job_thread else "n/a")
         if event == bEventCancelCommand:
             self.stop_feeding.set()
+            return bRC_OK
+        if event == bEventEndRestoreJob and self.options.get("fail_at") == "end_restore_job_fatal":
+            JobMessage(M_FATAL, "end_restore_job failed on purpose\n")
+            return bRC_OK
+        if event == bEventEndRestoreJob and self.options.get("fail_at") == "end_restore_job_error":
+            JobMessage(M_ERROR, "end_restore_job error on purpose\n")
+            return bRC_OK
+        if event == bEventStartRestoreJob and self.options.get("fail_at") == "start_restore_job_error":
+            JobMessage(M_ERROR, "start_restore_job error on purpose\n")
             return bRC_OK
         if event == bEventStartBackupJob and self.options.get("fail_at") == "start_backup_job":
             JobMessage(M_FATAL, "start_backup_job failed on purpose\n")
@@ -254,17 +268,19 @@ class TestFiles(BareosFdPluginBaseclass):
         self.log("restore_object", name=rop.object_name, data=bytes(rop.object).decode("latin-1"),
                  jobid=rop.jobid, plugin_name=rop.plugin_name, object_len=rop.object_len,
                  compression=rop.object_compression, type=rop.object_type,
-                 is_bytearray=isinstance(rop.object, bytearray), level=GetValue(bVarLevel))
+                 is_bytearray=isinstance(rop.object, bytearray), level=GetValue(bVarLevel),
+                 index=rop.object_index, where=GetValue(bVarWhere))
         return bRC_OK
 
     def start_restore_file(self, cmd):
-        self.log("start_restore_file", cmd=cmd, options=dict(self.options))
+        self.log("start_restore_file", cmd=cmd, options=dict(self.options), where=GetValue(bVarWhere))
         return bRC_OK
 
     def create_file(self, restorepkt):
         self.log("create_file", ofname=restorepkt.ofname, where=restorepkt.where, type=restorepkt.type,
                  replace=restorepkt.replace, size=restorepkt.statp.st_size, olname=restorepkt.olname,
-                 create_status=restorepkt.create_status, regexwhere=restorepkt.regexwhere)
+                 create_status=restorepkt.create_status, regexwhere=restorepkt.regexwhere,
+                 var_where=GetValue(bVarWhere))
         if self.options.get("create", "extract") == "core":
             restorepkt.create_status = CF_CORE
         elif restorepkt.type == FT_DIREND:
