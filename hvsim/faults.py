@@ -23,6 +23,9 @@ WSMAN_FAULT = "wsman_fault"  # dispatcher: SOAP fault (params: subcode, reason, 
 JOB_FAIL = "job_fail"  # world: the job started by `target` method ends in Exception (params: error_code,
 #                        error_description)
 JOB_HANG = "job_hang"  # world: the job started by `target` method stays Running until disarmed
+JOB_WARNING = "job_warning"  # world: the job started by `target` method does its work, then ends in
+#                              JobState 32768 (Completed with warnings) with one Msvm_Error of
+#                              PerceivedSeverity 3 that GetErrorEx returns (params: message, message_id)
 MIGRATE_VM = "migrate_vm"  # world: before `target` method runs, the VM in params["vm"] (name or GUID;
 #                            default: the VM the call is about) moves to params.get("to") or another node
 RETURN_CODE = "return_code"  # world: method returns params["code"] without doing anything

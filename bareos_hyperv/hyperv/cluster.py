@@ -6,15 +6,33 @@ clustered VM first asks the cluster where the VM lives (``hyperv-wmi.md`` §7.3)
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import time
+from typing import Callable, Optional
 
+from bareos_hyperv.errors import HyperVError
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.model.cluster import ClusterFacts, ClusterNode, NodeState, SharedVolume, VmGroup
 from bareos_hyperv.wsman.cim import CimInstance, EndpointReference, parse_cimxml
 from bareos_hyperv.wsman.client import CimClient
-from bareos_hyperv.wsman.errors import InvalidFilterFault, NotFoundFault
+from bareos_hyperv.wsman.errors import InvalidFilterFault, NotFoundFault, TimedOutFault, WsmanFault
+
+log = logging.getLogger("bareos_hyperv.hyperv.cluster")
 
 _MB = 1024 * 1024
+
+# MSCluster_ResourceGroup.State (hyperv-wmi.md 7.1)
+GROUP_ONLINE = 0
+GROUP_OFFLINE = 1
+GROUP_FAILED = 2
+GROUP_PARTIAL_ONLINE = 3
+GROUP_PENDING = 4
+DESTROY_GROUP_NONE = 1  # DestroyGroup(Options): 1 None, 2 PerformCleanup (os-win passes 1)
+DEFAULT_ROLE_TIMEOUT = 300.0
+
+
+class ClusterRoleError(HyperVError):
+    """Making a VM highly available, moving its role or removing the role failed."""
 
 
 def cluster_of(client: CimClient) -> Optional[CimInstance]:
@@ -151,3 +169,152 @@ def cluster_facts(client: CimClient, cluster: CimInstance) -> ClusterFacts:
         volumes=shared_volumes(client, root),
         groups=vm_groups(client),
     )
+
+
+# --------------------------------------------------------------------------- VM roles
+#
+# The MSCluster_* methods are void: WinRM answers them without ReturnValue and reports a
+# failure as a SOAP fault carrying __ExtendedStatus (hyperv-wmi.md 7.4), so every fault of
+# these calls is the cluster's answer and is turned into a ClusterRoleError in words.
+
+
+def _fault_text(exc: WsmanFault) -> str:
+    """The most specific text a cluster fault carries (the provider's description first)."""
+    if exc.wmi_error is not None and exc.wmi_error.description:
+        return exc.wmi_error.description
+    return exc.provider_message or exc.reason or exc.message
+
+
+def _group_ref(group_name: str) -> EndpointReference:
+    return EndpointReference.build(C.NS_CLUSTER, C.CLUSTER_GROUP, {"Name": group_name})
+
+
+def _get_group(client: CimClient, group_name: str) -> CimInstance:
+    try:
+        return client.get(_group_ref(group_name))
+    except NotFoundFault as exc:
+        raise ClusterRoleError(
+            f"the cluster has no role named '{group_name}'",
+            context={"host": client.host, "role": group_name},
+            what_to_do="list the cluster's VM roles (bareos-hyperv list) and use the role's exact name",
+        ) from exc
+
+
+def add_vm_role(client: CimClient, cluster_name: str, vm_guid: str) -> VmGroup:
+    """Make a VM highly available: ``MSCluster_Cluster.AddVirtualMachine``, then its new role.
+
+    The VM is named by its GUID, which is unique where names are not (os-win passes the
+    name; which forms a Windows cluster accepts is to be verified on a lab host).
+    The VM must be registered on a node of the cluster, its files on cluster storage.
+
+    :raises ClusterRoleError: the cluster refused (the fault's text says why), or no role
+        holds the VM afterwards.
+    """
+    ref = EndpointReference.build(C.NS_CLUSTER, C.CLUSTER, {"Name": cluster_name})
+    context = {"host": client.host, "cluster": cluster_name, "vm": vm_guid}
+    try:
+        result = client.invoke(ref, "AddVirtualMachine", [("VirtualMachine", vm_guid)])
+    except WsmanFault as exc:
+        raise ClusterRoleError(
+            f"cluster {cluster_name} could not make VM {vm_guid} highly available: {_fault_text(exc)}",
+            context=context,
+            what_to_do="check that the VM is registered on a node of this cluster, is not already a "
+            "cluster role, and keeps its files on cluster shared volumes",
+        ) from exc
+    if result.return_value != 0:  # void by declaration; a value other than 0 would still be a refusal
+        raise ClusterRoleError(
+            f"cluster {cluster_name} could not make VM {vm_guid} highly available "
+            f"(return value {result.return_value})",
+            context=context,
+            what_to_do="see the FailoverClustering event log on the node",
+        )
+    wanted = vm_guid.strip("{}").upper()
+    group = next((g for g in vm_groups(client) if (g.vm_guid or "").upper() == wanted), None)
+    if group is None:
+        raise ClusterRoleError(
+            f"cluster {cluster_name} accepted VM {vm_guid} but no VM role holds it",
+            context=context,
+            what_to_do="check the roles in Failover Cluster Manager; the role may still be being created",
+        )
+    return group
+
+
+def move_role(client: CimClient, group_name: str, node: str, *, timeout: float = DEFAULT_ROLE_TIMEOUT,
+              sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    """Move a cluster role to ``node`` (``MSCluster_ResourceGroup.MoveToNewNode``) and wait for it.
+
+    The cluster moves a VM role as a quick migration (save, move, resume).  When the
+    WS-Man operation times out before the move ends, the role's owner is polled until
+    ``timeout`` seconds have passed.
+
+    :raises ClusterRoleError: unknown role or node, the cluster refused, or the role is not
+        owned by ``node`` within ``timeout``.
+    """
+    target = node.upper()
+    context = {"host": client.host, "role": group_name, "node": target}
+    _get_group(client, group_name)
+    try:
+        client.invoke(_group_ref(group_name), "MoveToNewNode",
+                      [("NodeName", target), ("TimeOut", max(1, int(timeout)))])
+    except TimedOutFault:
+        log.info("moving cluster role %s to %s outlasted the WS-Man operation; waiting for it", group_name, target)
+    except WsmanFault as exc:
+        raise ClusterRoleError(
+            f"could not move cluster role '{group_name}' to {target}: {_fault_text(exc)}",
+            context=context,
+            what_to_do="check that the node is up, a possible owner of the role, and has the VM's "
+            "switches and storage",
+        ) from exc
+    deadline = clock() + timeout
+    while True:
+        group = _get_group(client, group_name)
+        owner = (group.opt_str("OwnerNode") or "").upper()
+        if owner == target and group.opt_int("State") != GROUP_PENDING:
+            return
+        if clock() >= deadline:
+            raise ClusterRoleError(
+                f"cluster role '{group_name}' is owned by {owner or 'no node'}, not {target}, "
+                f"{timeout:g}s after the move was asked for",
+                context=context,
+                what_to_do="see the FailoverClustering event log; the move may have failed or still be running",
+            )
+        sleep(1.0)
+
+
+def remove_vm_role(client: CimClient, group_name: str, *, timeout: float = DEFAULT_ROLE_TIMEOUT) -> None:
+    """Remove a VM's cluster role; the VM itself stays registered on its node.
+
+    The role is taken offline first (the VM resource's OfflineAction applies: by default the
+    VM is *saved*), then destroyed with its resources (``DestroyGroup(1)``; hyperv-wmi.md 7.4,
+    trap 18).  A role that does not exist counts as removed.  Only VM roles (GroupType 111) are
+    touched, so a wrong name can never destroy another role (the core cluster group, a file server).
+
+    :raises ClusterRoleError: the group is not a VM role, or the cluster refused.
+    """
+    try:
+        group = client.get(_group_ref(group_name))
+    except NotFoundFault:
+        log.debug("cluster role %s does not exist (any more): nothing to remove", group_name)
+        return
+    context = {"host": client.host, "role": group_name}
+    if group.opt_int("GroupType") != C.GROUP_TYPE_VIRTUAL_MACHINE:
+        raise ClusterRoleError(
+            f"cluster role '{group_name}' is not a virtual machine role (GroupType {group.opt_int('GroupType')})",
+            context=context,
+            what_to_do="name the VM's role; other roles are never removed by this plugin",
+        )
+    state = group.opt_int("State")
+    try:
+        # an offline role needs no TakeOffline, and a failed one (its VM is gone) cannot be taken offline
+        if state not in (GROUP_OFFLINE, GROUP_FAILED):
+            client.invoke(_group_ref(group_name), "TakeOffline", [("TimeOut", max(1, int(timeout)))])
+        client.invoke(_group_ref(group_name), "DestroyGroup", [("Options", DESTROY_GROUP_NONE)])
+    except NotFoundFault:
+        return  # removed meanwhile
+    except WsmanFault as exc:
+        raise ClusterRoleError(
+            f"could not remove cluster role '{group_name}': {_fault_text(exc)}",
+            context=context,
+            what_to_do="see the FailoverClustering event log on the node; the role can also be removed "
+            "in Failover Cluster Manager (Remove, keeping the VM)",
+        ) from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hvsim.cim import CimRef
-from hvsim.faults import JOB_FAIL, JOB_HANG, FaultPlan, FaultRule
+from hvsim.faults import JOB_FAIL, JOB_HANG, JOB_WARNING, FaultPlan, FaultRule
 
 # JobState values (hyperv-wmi.md 6.2)
 JOB_NEW = 2
@@ -24,6 +24,11 @@ JOB_RUNNING = 4
 JOB_COMPLETED = 7
 JOB_TERMINATED = 8
 JOB_EXCEPTION = 10
+# Hyper-V's "Completed with warnings": the work was done and GetErrorEx returns the warnings
+# (Microsoft's WmiUtilities.cs JobState enum; the ValidatePlannedSystem page's sample prints the
+# Msvm_Errors of a job that succeeded:
+# https://learn.microsoft.com/windows/win32/hyperv_v2/validateplannedsystem-msvm-virtualsystemmanagementservice).
+JOB_COMPLETED_WITH_WARNINGS = 32768
 
 # JobType codes Hyper-V reports (informational; clients must not depend on them).
 JOB_TYPES: dict[str, int] = {
@@ -72,6 +77,7 @@ class Job:
     finished_wall: _dt.datetime | None = None
     hang_rule: FaultRule | None = None
     fail_rule: FaultRule | None = None
+    warn_rule: FaultRule | None = None
     cancellable: bool = True
     storage_parent: str = ""
     storage_child: str = ""
@@ -103,7 +109,7 @@ class JobEngine:
               affected: list[CimRef] | None = None, storage: bool = False,
               failure: JobFailure | None = None, duration: float | None = None,
               rollback: Callable[[], None] | None = None) -> Job:
-        """Create a job for ``method`` (consults JOB_FAIL / JOB_HANG rules targeted at it).
+        """Create a job for ``method`` (consults JOB_FAIL / JOB_HANG / JOB_WARNING rules targeted at it).
 
         ``failure`` makes a job that ends in Exception without running any work
         (for failures Windows reports through the job rather than the return value).
@@ -123,6 +129,7 @@ class JobEngine:
         )
         job.fail_rule = self.faults.fire(JOB_FAIL, method)
         job.hang_rule = self.faults.fire(JOB_HANG, method)
+        job.warn_rule = self.faults.fire(JOB_WARNING, method)
         if failure is not None:
             job.work = _raiser(failure)
         self.jobs[job.instance_id] = job
@@ -170,6 +177,12 @@ class JobEngine:
         job.affected.extend(r for r in results if not any(r.same_as(a) for a in job.affected))
         job.state = JOB_COMPLETED
         job.percent = 100
+        if job.warn_rule is not None:
+            params = job.warn_rule.params
+            job.state = JOB_COMPLETED_WITH_WARNINGS
+            job.errors = [error_instance(
+                str(params.get("message", f"'{job.method}' completed with a warning (simulator fault plan).")),
+                0, message_id=str(params.get("message_id", "32768")), severity=3)]
 
     def cancel(self, job: Job) -> bool:
         """RequestStateChange(5/Terminate): stop a running job without applying its effect."""

@@ -73,7 +73,10 @@ C_NOT_SUPPORTED, C_INVALID_PARAMETER, C_INVALID_STATE = 1, 4, 5
 
 _READ_ONLY_VSSD = {"instanceid", "virtualsystemidentifier", "virtualsystemtype", "virtualsystemsubtype",
                    "creationtime", "parent", "configurationid", "version", "configurationfile"}
-_READ_ONLY_RASD = {"instanceid", "resourcetype", "resourcesubtype", "parent"}
+# LastKnownSwitchName is "the last known friendly name of the switch this port had a hard affinity
+# to" and read-only: Hyper-V keeps it, clients do not set it
+# (https://learn.microsoft.com/windows/win32/hyperv_v2/msvm-ethernetportallocationsettingdata).
+_READ_ONLY_RASD = {"instanceid", "resourcetype", "resourcesubtype", "parent", "lastknownswitchname"}
 
 
 class Params:
@@ -350,6 +353,21 @@ def _new_rid(cfg: Config, inst: CimInstance, parent: Setting | None) -> str:
     return rid
 
 
+def _sync_switch_name(c: Call, s: Setting) -> None:
+    """Keep an Ethernet connection's LastKnownSwitchName on the switch its HostResource names.
+
+    Hyper-V maintains the property itself (it is read-only, see ``_READ_ONLY_RASD``); the
+    simulator needs it right because a live migration reconnects the port by that name.
+    A port whose HostResource names no switch of this host keeps its last known name.
+    """
+    if s.subtype != SUB_CONNECTION or not s.host_resource:
+        return
+    m = _SWITCH_NAME.search(s.host_resource[0])
+    sw = c.repo.node.switch_by_id(m.group(1)) if m else None
+    if sw is not None:
+        s.props["LastKnownSwitchName"] = sw.name
+
+
 def _add_settings(c: Call, cfg: Config, cid: str, items: list[Any]) -> list[Setting]:
     added: list[Setting] = []
     for raw in items:
@@ -365,13 +383,29 @@ def _add_settings(c: Call, cfg: Config, cid: str, items: list[Any]) -> list[Sett
                 raise JobFailure(32768, f"The parent device '{ppath}' does not exist in this configuration.")
         cls = inst.class_name or "Msvm_ResourceAllocationSettingData"
         props = {k: v for k, v in inst.properties.items()
-                 if k.lower() not in ("instanceid", "parent") and not k.startswith("__")}
+                 if k.lower() not in ("instanceid", "parent", "lastknownswitchname") and not k.startswith("__")}
         s = Setting(cls, _new_rid(cfg, inst, parent), props, parent.rid if parent else None)
         if cfg.find(s.rid) is not None:
             raise JobFailure(32768, f"The location {s.rid} is already in use.")
+        _sync_switch_name(c, s)
         cfg.settings.append(s)
         added.append(s)
     return added
+
+
+def _missing_media(c: Call, vm: Vm, settings: list[Setting]) -> tuple[Setting, str] | None:
+    """The first VHD/ISO setting of a realized VM whose file does not exist on the VM's node."""
+    if vm.planned:  # a planned VM may point anywhere; ValidatePlannedSystem reports it
+        return None
+    for s in settings:
+        if s.subtype not in (SUB_VHD, SUB_ISO):
+            continue
+        for path in s.host_resource:
+            found = c.world.disk_exists(vm.node, path) if s.subtype == SUB_VHD else _file_exists(
+                c.world, vm.node, path)
+            if not found:
+                return s, path
+    return None
 
 
 @handles("Msvm_VirtualSystemManagementService", "DefineSystem")
@@ -433,6 +467,15 @@ def _add_resource_settings(c: Call) -> MethodOutcome:
         added = _add_settings(c, cfg, vm.id, list(c.p.get("ResourceSettings", [])))
     except JobFailure:
         return MethodOutcome(C_INVALID_PARAMETER)
+    # Attaching media to a realized VM opens the file, so a missing one fails the job, as
+    # ModifyResourceSettings does below (the HostResource of a Virtual Hard Disk / CD/DVD SASD is
+    # the file: https://learn.microsoft.com/windows/win32/hyperv_v2/msvm-storageallocationsettingdata;
+    # AddResourceSettings adds the resources to the active VM:
+    # https://learn.microsoft.com/windows/win32/hyperv_v2/addresourcesettings-msvm-virtualsystemmanagementservice).
+    missing = _missing_media(c, vm, added)
+    if missing is not None:
+        vm.config = before
+        return c.failed_job(M_FAILED, f"'{vm.name}': the file '{missing[1]}' was not found.")
     vm.last_change = utcnow()
     refs = [setting_ref(vm.id, s) for s in added]
 
@@ -459,6 +502,7 @@ def _modify_resource_settings(c: Call) -> MethodOutcome:
                 continue
             key = next((e for e in s.props if e.lower() == k.lower()), k)
             s.props[key] = v
+        _sync_switch_name(c, s)
         vm.last_change = utcnow()
         refs.append(setting_ref(snap.id if snap else vm.id, s))
 
@@ -466,14 +510,10 @@ def _modify_resource_settings(c: Call) -> MethodOutcome:
         for s, props in saved:
             s.props = props
     for vm, _snap, _cfg, s, _inst in targets:
-        if vm.planned or s.subtype not in (SUB_VHD, SUB_ISO):
-            continue
-        exists = c.world.disk_exists if s.subtype == SUB_VHD else (
-            lambda node, path: _file_exists(c.world, node, path))
-        missing = [p for p in s.host_resource if not exists(vm.node, p)]
-        if missing:
+        missing = _missing_media(c, vm, [s])
+        if missing is not None:
             rollback()
-            return c.failed_job(M_FAILED, f"'{vm.name}': the file '{missing[0]}' was not found.",
+            return c.failed_job(M_FAILED, f"'{vm.name}': the file '{missing[1]}' was not found.",
                                 source=setting_ref(vm.id, s).wmi_path(c.node))
     affected = [vm_ref(t[0]) for t in targets[:1]]
     return c.job(lambda: list(refs), "Modifying device settings", affected=affected, rollback=rollback,

@@ -22,7 +22,7 @@ from hvsim.cim import (
     MethodOutcome,
 )
 from hvsim.world import schema
-from hvsim.world.jobs import JOB_COMPLETED, Job
+from hvsim.world.jobs import JOB_COMPLETED, JOB_COMPLETED_WITH_WARNINGS, Job
 from hvsim.world.state import (
     VM_OFF,
     VM_PAUSED,
@@ -469,7 +469,8 @@ class NodeRepository:
         }
         if job.class_name == "Msvm_StorageJob":
             values.update(Parent=job.storage_parent or None, Child=job.storage_child or None,
-                          JobCompletionStatusCode=0 if job.state == JOB_COMPLETED else 0x80004005)
+                          JobCompletionStatusCode=0 if job.state in (JOB_COMPLETED, JOB_COMPLETED_WITH_WARNINGS)
+                          else 0x80004005)
         jref = job_ref(job)
         out = [_inst(NS_VIRT, job.class_name, values, jref)]
         for ref in job.affected:
@@ -615,6 +616,8 @@ def _identity(ref: CimRef) -> tuple[str, tuple[tuple[str, str], ...]]:
 def _job_status(job: Job) -> str:
     if job.state == JOB_COMPLETED:
         return "Job completed successfully"
+    if job.state == JOB_COMPLETED_WITH_WARNINGS:
+        return "Job completed with warnings"
     if job.finished:
         return "Job failed"
     return "Job is running"
