@@ -34,6 +34,8 @@ from bareos_hyperv.protocol.messages import (
     ErrorReply,
     FileEntry,
     FileList,
+    FileSkipped,
+    FinishRestore,
     Hello,
     HelloReply,
     JobDone,
@@ -43,6 +45,7 @@ from bareos_hyperv.protocol.messages import (
     Message,
     OpenFile,
     PipeReady,
+    PlanRestore,
     StartJob,
     error_from_exception,
 )
@@ -82,6 +85,8 @@ class AgentServer:
             CreateFile: self._create_file,
             CloseFile: self._close_file,
             Cleanup: self._cleanup,
+            PlanRestore: self._plan_restore,
+            FinishRestore: self._finish_restore,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -240,8 +245,17 @@ class AgentServer:
     def _create_file(self, msg: Message) -> Reply:
         assert isinstance(msg, CreateFile)
         entry = FileEntry(name=msg.name, size=msg.size, mtime=msg.mtime, mode=msg.mode)
-        wfd = self._session().create_file(entry, msg.target, msg.replace)
+        wfd, reason = self._session().create_item(entry, msg.target, msg.replace)
+        if wfd is None:
+            return FileSkipped(name=msg.name, reason=reason), []
         return PipeReady(name=msg.name, size=msg.size), [wfd]
+
+    def _plan_restore(self, msg: Message) -> Reply:
+        assert isinstance(msg, PlanRestore)
+        return self._session().plan_restore(msg.objects), []
+
+    def _finish_restore(self, msg: Message) -> Reply:
+        return self._session().finish_restore(), []
 
     def _close_file(self, msg: Message) -> Reply:
         assert isinstance(msg, CloseFile)

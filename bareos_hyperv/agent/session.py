@@ -17,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Dict, List, Mapping, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
+from bareos_hyperv.agent.connections import Connections, connect
 from bareos_hyperv.agent.sources import Source, make_source
 from bareos_hyperv.agent.transfer import Drain, Pump, make_pipe
 from bareos_hyperv.errors import ConfigurationError, ProtocolError, StorageError
@@ -33,11 +34,18 @@ from bareos_hyperv.protocol.messages import (
     LogRecord,
     Message,
     Progress,
+    RestoreFinished,
+    RestoreObject,
+    RestorePlanned,
+    RestoreTarget,
     StartJob,
 )
 from bareos_hyperv.storage.base import FileWriter, StorageExists
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import LocalLocation
+
+if TYPE_CHECKING:  # the restore machinery is imported only by restores into Hyper-V
+    from bareos_hyperv.restore.execute import HyperVRestore, ItemTarget
 
 __all__ = ["MAX_OUTBOX", "Outbox", "OutboxHandler", "Redactor", "Session", "Undoing", "peak_rss_kib"]
 
@@ -152,6 +160,7 @@ class _Restore:
     replace: bool
     writer: FileWriter
     drain: Drain
+    hyperv: Optional[ItemTarget] = None  # restore into Hyper-V: where the item goes and what it must be
 
 
 class Session:
@@ -177,14 +186,25 @@ class Session:
         self._restores: Dict[str, _Restore] = {}
         self._local = LocalStorage()
         self.left: Optional[CleanupRecord] = None  # set by close(): what the source could not undo
-        if self.kind in (JobKind.BACKUP, JobKind.CLEANUP):
+        self.hyperv: Optional[HyperVRestore] = None
+        self._connections: Optional[Connections] = None
+        self._finished = False
+        restore = start.restore
+        if self.kind is JobKind.RESTORE and restore is not None and restore.target is RestoreTarget.HYPERV:
+            from bareos_hyperv.restore.execute import HyperVRestore
+
+            self._connections = connect(self._options, self.credentials())
+            self.hyperv = HyperVRestore(restore, self._connections.connector, self._connections.storage,
+                                        self._connections.resolver, job_id=start.jobid,
+                                        timeout=float(self._options.get("timeout", "1800")))
+        elif self.kind in (JobKind.BACKUP, JobKind.CLEANUP):
             self.source = make_source(start.source, self)
             if self.kind is JobKind.CLEANUP and not isinstance(self.source, Undoing):
                 raise ConfigurationError(f"source={start.source} has nothing to clean up",
                                          what_to_do="report this as a bug with the job log")
-        elif self._options.get("restore_local", "yes") != "yes":
+        elif self.kind is JobKind.RESTORE and restore is None and self._options.get("restore_local", "yes") != "yes":
             raise ConfigurationError(
-                f"restore_local=no (restore to the original location) is not available for source={start.source}",
+                f"restore_local=no (restore into Hyper-V) is not available for source={start.source}",
                 what_to_do="restore with restore_local=yes (files go below the restore job's where= directory)")
 
     # -- SourceContext ---------------------------------------------------------------------------
@@ -283,6 +303,43 @@ class Session:
 
     # -- restore ---------------------------------------------------------------------------------
 
+    def plan_restore(self, objects: List[RestoreObject]) -> RestorePlanned:
+        """Restore into Hyper-V: plan every VM before any data arrives."""
+        if self.hyperv is None:
+            raise ProtocolError("PlanRestore is only valid in a restore into Hyper-V")
+        planned, refused = self.hyperv.plan(objects)
+        return RestorePlanned(vms=planned, refused=refused)
+
+    def finish_restore(self) -> RestoreFinished:
+        """Restore into Hyper-V: every item arrived; import the VMs."""
+        if self.hyperv is None:
+            raise ProtocolError("FinishRestore is only valid in a restore into Hyper-V")
+        if self._restores:
+            raise ProtocolError(f"FinishRestore while {len(self._restores)} item(s) are still open")
+        restored, failed = self.hyperv.finish()
+        self._finished = True  # finish() undid what failed; a cancel before this point undoes everything
+        return RestoreFinished(restored=restored, failed=failed)
+
+    def _create_hyperv(self, entry: FileEntry) -> Tuple[Optional[int], str]:
+        assert self.hyperv is not None
+        if entry.name in self._restores:
+            raise ProtocolError(f"{entry.name} is already being restored")
+        target, reason = self.hyperv.open_item(entry.name, entry.size)
+        if target is None:
+            return None, reason
+        rfd, wfd = make_pipe()
+        drain = Drain(entry.name, rfd, target.writer, entry.size, self._progress)
+        self._restores[entry.name] = _Restore(entry, target.record.final_path, "", True, target.writer, drain,
+                                              hyperv=target)
+        drain.start()
+        return wfd, ""
+
+    def create_item(self, entry: FileEntry, target: str, replace: bool) -> Tuple[Optional[int], str]:
+        """Prepare restoring ``entry``: (write end of its pipe, "") or (None, why it is skipped)."""
+        if self.hyperv is not None:
+            return self._create_hyperv(entry)
+        return self.create_file(entry, target, replace), ""
+
     def create_file(self, entry: FileEntry, target: str, replace: bool) -> int:
         """Prepare restoring ``entry`` to ``target``; returns the pipe's write end for the core."""
         if self.kind is not JobKind.RESTORE:
@@ -316,6 +373,8 @@ class Session:
         if item.drain.error is not None:
             item.writer.discard()
             raise item.drain.error
+        if item.hyperv is not None:
+            return self._close_hyperv(name, item)
         try:
             item.writer.close()
             self._local.rename(LocalLocation(PurePosixPath(item.temp)), LocalLocation(PurePosixPath(item.target)),
@@ -332,6 +391,19 @@ class Session:
         self.bytes_done += item.drain.bytes
         return FileDone(name=name, bytes=item.drain.bytes, sha256=item.drain.sha256.hexdigest(),
                         seconds=item.drain.seconds)
+
+    def _close_hyperv(self, name: str, item: _Restore) -> FileDone:
+        assert self.hyperv is not None and item.hyperv is not None
+        digest = item.drain.sha256.hexdigest()
+        try:
+            item.writer.close()
+            self.hyperv.item_done(item.hyperv, item.drain.bytes, digest)
+        except BaseException:
+            item.writer.discard()
+            raise
+        self.files_done += 1
+        self.bytes_done += item.drain.bytes
+        return FileDone(name=name, bytes=item.drain.bytes, sha256=digest, seconds=item.drain.seconds)
 
     # -- both ------------------------------------------------------------------------------------
 
@@ -360,6 +432,14 @@ class Session:
                 log.warning("could not remove the partial file %s: %s", item.temp, exc)
         self._pumps.clear()
         self._restores.clear()
+        if self.hyperv is not None:
+            hyperv, self.hyperv = self.hyperv, None
+            try:
+                if not self._finished:
+                    hyperv.abort()
+            finally:
+                if self._connections is not None:
+                    self._connections.close()
         if self.source is not None:
             source, self.source = self.source, None
             try:
