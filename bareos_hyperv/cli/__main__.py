@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from bareos_hyperv.cli.render import render_inventory
 from bareos_hyperv.errors import BareosHyperVError
@@ -134,7 +134,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
             print(f"Checkpoints left on web01: {len(sim.world.snapshots(vm.id))}; "
                   f"reference points kept for the next incremental: {len(sim.world.reference_points(vm.id))}")
-            return 0 if back.status == "T" and check.returncode == 0 else 1
+            into = _demo_restore_into_hyperv(sim, fd, repo)
+            return 0 if back.status == "T" and check.returncode == 0 and into else 1
+
+
+def _demo_restore_into_hyperv(sim: Any, fd: Any, repo: Path) -> bool:
+    """Restore web01 into Hyper-V as a copy on the other node, its switch renamed there."""
+    world = sim.world
+    hv02 = world.node("HV02")
+    lan = hv02.switch_by_name("External-LAN")
+    if lan is not None:
+        lan.name = "Production"  # the administrator renamed the switch on HV02 since the backup
+    options = ("python3:restore_node=HV02:restore_new_id=yes:restore_vm_name=web01-restored:"
+               "restore_switch_map=External-LAN=Production")
+    print()
+    print("== Restore into Hyper-V: bconsole restore where=/ pluginoptions=\"" + options + "\"")
+    back = fd.restore(None, where="/", pluginoptions=options, plugin_dir=str(repo / "packaging"),
+                      extra_sys_path=[str(repo)])
+    print(back.log())
+    try:
+        copy = world.vm("web01-restored")
+    except (KeyError, ValueError):
+        print("web01-restored was not created")
+        return False
+    group = world.cluster.group_for_vm(copy.id) if world.cluster else None
+    print(f"web01-restored: ID {copy.id}, on {copy.node}, cluster role owner "
+          f"{group.owner_node if group else '(none)'}")
+    return back.status == "T" and copy.node == "HV02" and group is not None
 
 
 def build_parser() -> argparse.ArgumentParser:
