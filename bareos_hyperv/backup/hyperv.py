@@ -25,6 +25,7 @@ again if it migrated.  The next job's stale-checkpoint sweep remains the last sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import io
@@ -41,7 +42,7 @@ from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVEr
 from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.hyperv import vms as vmops
-from bareos_hyperv.hyperv.checkpoints import NAME_PREFIX, Achieved, Checkpoint, CheckpointManager
+from bareos_hyperv.hyperv.checkpoints import NAME_PREFIX, Achieved, Checkpoint, CheckpointManager, ReferencePoint
 from bareos_hyperv.hyperv.checkpoints import Consistency as ConsistencyOption
 from bareos_hyperv.hyperv.connection import Connector, parse_host_map
 from bareos_hyperv.hyperv.exporter import export_configuration
@@ -61,8 +62,10 @@ from bareos_hyperv.model.backup import (
     DiskBackup,
     DiskFile,
     PartKind,
+    RctEntry,
     SaveSetPart,
 )
+from bareos_hyperv.model.backup import ReferencePoint as ReferencePointFacts
 from bareos_hyperv.model.cluster import ClusterFacts
 from bareos_hyperv.model.host import HostFacts
 from bareos_hyperv.model.vm import DriveKind, VmConfig
@@ -535,6 +538,7 @@ class HyperVBackupSource:
         run.checkpoint = None
         log.info("%s: checkpoint kept as reference point %s for the next incremental", run.summary.ref.name,
                  rp.instance_id)
+        self._replace_reference_points(run, rp)
         if not self._remove_staging(run) and run.staging:
             self._left = CleanupRecord(host=self.entry, node=run.node, vm_guid=run.summary.ref.guid,
                                        vm_name=run.summary.ref.name, job_id=self.job_id, staging=run.staging)
@@ -547,7 +551,7 @@ class HyperVBackupSource:
                   content=data)
         run.trailer_listed = True
         out = [run.items[f"{run.directory}/{TRAILER_FILE}"].entry]
-        final = to_xml(self._final_manifest(run)).decode("utf-8")
+        final = to_xml(_with_reference_point(self._final_manifest(run), rp)).decode("utf-8")
         if len(final.encode("utf-8")) > MAX_OBJECT_BYTES:
             log.warning("%s: the manifest (%d bytes) is too large for a Bareos restore object; a restore into "
                         "Hyper-V will not be possible, a restore of the files is", run.summary.ref.name, len(final))
@@ -555,6 +559,109 @@ class HyperVBackupSource:
             out.append(FileEntry(name=f"{run.directory}/{MANIFEST_OBJECT}", size=len(final), mtime=int(time.time()),
                                  mode=FILE_MODE, restore_object=final))
         return out
+
+    # ------------------------------------------------------------------ this plugin's reference points
+
+    def _replace_reference_points(self, run: _VmRun, rp: ReferencePoint) -> None:
+        """This job's reference point replaces the ones this plugin made earlier for the VM (best effort).
+
+        Hyper-V cannot tell who made a reference point (no name a caller sets, no creation time,
+        no link to the checkpoint it came from: ``hyperv-wmi.md`` §4.3), so the plugin keeps its
+        own record on the host, next to the VM: the InstanceID of every reference point it made,
+        in ``<staging_path or the VM's folder>\\bareos-hyperv-state\\<VM GUID>.reference-points``
+        (:func:`_ledger_text`).  Only reference points recorded there are ever destroyed; any
+        other is another product's, or one whose record was lost, and is left alone.  Only a
+        successful VM gets here, so a failed job keeps the previous reference point for the next
+        incremental.  Nothing here fails the job: the data is saved, and what could not be
+        removed stays recorded so that the next job retries.
+        """
+        name = run.summary.ref.name
+        assert run.manager is not None and run.manifest is not None
+        new = _LedgerEntry(rp.instance_id, self.job_id, run.manifest.backup.level.value)
+        try:
+            folder, ledger, where = self._ledger_location(run)
+            entries = self._read_ledger(ledger)
+        except BareosHyperVError as exc:
+            log.warning("%s: this plugin's record of its reference points cannot be read (%s); older reference "
+                        "points are kept, and %s is not recorded, so later jobs will not remove it", name, exc,
+                        rp.instance_id)
+            return
+        entries = [e for e in entries if e.instance_id.lower() != rp.instance_id.lower()]
+        # Recorded before anything is destroyed: should the rest fail, a later job knows the new one is ours.
+        saved = self._write_ledger(run, folder, ledger, where, [*entries, new])
+        try:
+            result = run.manager.replace_reference_points(run.summary.epr, keep=[rp.instance_id],
+                                                          ours=[e.instance_id for e in entries])
+        except BareosHyperVError as exc:
+            log.warning("%s: the older reference points of this plugin could not be listed (%s); they are kept "
+                        "and the next job removes them", name, exc)
+            return
+        jobs = {e.instance_id.lower(): e.job_id for e in entries}
+        for rid in result.destroyed:
+            log.info("%s: removed reference point %s of job %d, replaced by this job's", name, rid,
+                     jobs[rid.lower()])
+        for rid, error in result.failed.items():
+            log.warning("%s: could not remove reference point %s of job %d, replaced by this job's (%s); "
+                        "the next job retries", name, rid, jobs[rid.lower()], error)
+        if result.others:
+            log.info("%s: %d reference point(s) that this plugin did not record are left alone: %s", name,
+                     len(result.others), ", ".join(result.others))
+        failed = {rid.lower() for rid in result.failed}
+        left = [e for e in entries if e.instance_id.lower() in failed]
+        if saved and len(left) == len(entries):
+            return  # the record is already right
+        self._write_ledger(run, folder, ledger, where, [*left, new])
+
+    def _ledger_location(self, run: _VmRun) -> tuple[Location, Location, str]:
+        """Folder and file of the VM's record of reference points (and the host path, for messages)."""
+        assert run.manifest is not None
+        config = run.manifest.vm
+        base = self.staging_root or config.config_root or config.snapshot_root
+        if not base:
+            raise HyperVError("the VM has no configuration folder to keep the record in",
+                              context={"vm": str(run.summary.ref)}, what_to_do="set staging_path=")
+        folder_path = PureWindowsPath(base) / STATE_DIR
+        file_name = f"{run.summary.ref.guid.upper()}{LEDGER_SUFFIX}"
+        folder = self.resolver.resolve(str(folder_path), run.node)
+        return folder, folder.child(file_name), str(folder_path / file_name)
+
+    def _read_ledger(self, ledger: Location) -> List[_LedgerEntry]:
+        """The recorded reference points ([] when nothing was recorded yet)."""
+        try:
+            with self.storage.open_read(ledger) as reader:
+                size = reader.size
+                if size > LEDGER_MAX_BYTES:
+                    raise StorageError(f"the record is {size} bytes, more than a record of reference points "
+                                       "can be", context={"file": str(ledger)},
+                                       what_to_do="remove the file; the plugin then keeps every reference point")
+                data = reader.read_at(0, size)
+        except StorageNotFound:
+            return []
+        return _parse_ledger(data)
+
+    def _write_ledger(self, run: _VmRun, folder: Location, ledger: Location, where: str,
+                      entries: List[_LedgerEntry]) -> bool:
+        """Replace the record (through a temporary file and a rename); False when it could not be written."""
+        data = _ledger_text(run.summary.ref.guid, entries)
+        temp = folder.child(f"{run.summary.ref.guid.upper()}{LEDGER_SUFFIX}.job{self.job_id}")
+        try:
+            self.storage.makedirs(folder)
+            self.storage.delete(temp, missing_ok=True)
+            writer = self.storage.create(temp)
+            try:
+                writer.write(data)
+                writer.close()
+            except BaseException:
+                writer.discard()
+                raise
+            self.storage.rename(temp, ledger, replace=True)
+        except BareosHyperVError as exc:
+            with contextlib.suppress(BareosHyperVError):  # else the next write of the record replaces it
+                self.storage.delete(temp, missing_ok=True)
+            log.warning("%s: could not record this plugin's reference points in %s: %s; a reference point that "
+                        "is not recorded is never removed by a later job", run.summary.ref.name, where, exc)
+            return False
+        return True
 
     def _final_manifest(self, run: _VmRun) -> Manifest:
         """The manifest with what the core received: size and SHA-256 of every part and disk file."""
@@ -720,6 +827,49 @@ class HyperVBackupSource:
             else:
                 self.storage.delete(child, missing_ok=True)
         self.storage.rmdir(location, missing_ok=True)
+
+
+# Where the plugin records the reference points it made (see HyperVBackupSource._replace_reference_points).
+STATE_DIR = "bareos-hyperv-state"
+LEDGER_SUFFIX = ".reference-points"
+LEDGER_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _LedgerEntry:
+    """A reference point this plugin made: its InstanceID, the job that made it and that job's level."""
+
+    instance_id: str
+    job_id: int
+    level: str
+
+
+def _ledger_text(vm_guid: str, entries: Sequence[_LedgerEntry]) -> bytes:
+    """The record: comment lines, then ``<InstanceID> TAB <job id> TAB <level>`` per reference point."""
+    lines = [f"# bareos-hyperv: the reference points this plugin made for VM {vm_guid.upper()}.",
+             "# A later backup removes them once they are no longer needed; reference points not listed",
+             "# here are never touched. Deleting this file makes the plugin keep the ones listed.",
+             *(f"{e.instance_id}\t{e.job_id}\t{e.level}" for e in entries)]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _parse_ledger(data: bytes) -> List[_LedgerEntry]:
+    """Entries of a record; lines that do not parse are skipped (their reference points are then kept)."""
+    out: List[_LedgerEntry] = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        fields = line.strip().split("\t")
+        if line.startswith("#") or len(fields) != 3 or not fields[0] or not fields[1].isdigit():
+            continue
+        out.append(_LedgerEntry(fields[0], int(fields[1]), fields[2]))
+    return out
+
+
+def _with_reference_point(manifest: Manifest, rp: ReferencePoint) -> Manifest:
+    """The manifest with the reference point the job's checkpoint became (and the RCT id of each disk)."""
+    rct = tuple(RctEntry(virtual_disk_id=disk, rct_id=rct_id) for disk, rct_id in rp.rct_ids.items()
+                if disk and rct_id)
+    point = ReferencePointFacts(instance_id=rp.instance_id, rct=rct, job_id=manifest.backup.job_id)
+    return dataclasses.replace(manifest, backup=dataclasses.replace(manifest.backup, reference_point=point))
 
 
 _ACHIEVED = {Achieved.APPLICATION: Consistency.APPLICATION, Achieved.CRASH: Consistency.CRASH,

@@ -7,6 +7,12 @@ converted to a reference point (kept for the next incremental) on success or
 destroyed on failure.  Checkpoints are named ``bareos-hyperv job <id>`` so that a
 later job can recognise and remove the ones an interrupted job of *this* plugin
 left behind, without touching other products' recovery checkpoints.
+
+Reference points carry no such mark: ``Msvm_VirtualSystemReferencePoint`` has no
+name a caller can set, no creation time and no link to the checkpoint it was
+converted from (``hyperv-wmi.md`` §4.3; Microsoft's class page).  Which ones this
+plugin made is therefore what the caller recorded when it made them
+(:meth:`CheckpointManager.replace_reference_points`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Collection, Dict, List, Optional
 
-from bareos_hyperv.errors import ConfigurationError, HyperVError
+from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVError
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.hyperv.jobs import JobFailedError, JobFollower
 from bareos_hyperv.hyperv.services import HostServices
 from bareos_hyperv.model.vm import PowerState
 from bareos_hyperv.wsman.cim import CimInstance, EmbeddedInstance, EndpointReference
+from bareos_hyperv.wsman.errors import NotFoundFault
 
 log = logging.getLogger("bareos_hyperv.hyperv.checkpoints")
 
@@ -78,6 +85,16 @@ class ReferencePoint:
     instance_id: str
     epr: EndpointReference
     rct_ids: dict[str, str] = field(default_factory=dict)  # virtual disk identifier -> RCT id
+
+
+@dataclass
+class ReferencePointCleanup:
+    """What :meth:`CheckpointManager.replace_reference_points` did with a VM's reference points (ids)."""
+
+    destroyed: List[str] = field(default_factory=list)  # made by this plugin and no longer needed
+    failed: Dict[str, str] = field(default_factory=dict)  # made by this plugin, not destroyed: id -> error
+    gone: List[str] = field(default_factory=list)  # recorded as this plugin's but no longer on the VM
+    others: List[str] = field(default_factory=list)  # not recorded as this plugin's: never touched
 
 
 def _snapshot_settings(level: int) -> EmbeddedInstance:
@@ -216,3 +233,37 @@ class CheckpointManager:
         """Drop a baseline that is no longer needed."""
         self.jobs.call(self.services.reference_points, "DestroyReferencePoint",
                        [("AffectedReferencePoint", epr)], timeout=self.timeout)
+
+    def replace_reference_points(self, vm_epr: EndpointReference, *, keep: Collection[str],
+                                 ours: Collection[str]) -> ReferencePointCleanup:
+        """Destroy the VM's reference points that this plugin made (``ours``), except those in ``keep``.
+
+        ``keep`` holds the reference point the job just made and, later, the base a differential
+        chain still needs.  A reference point whose InstanceID is not in ``ours`` belongs to
+        another product (or its record was lost) and is never touched: Hyper-V cannot tell who
+        made one.  A failure to destroy one is reported in the result, not raised, so that the
+        caller keeps it recorded and a later job retries; listing the VM's reference points
+        raises.  Ids compare case-insensitively.
+        """
+        keep_ids = {k.lower() for k in keep}
+        our_ids = {o.lower() for o in ours}
+        result = ReferencePointCleanup()
+        present = set()
+        for rp in self.reference_points(vm_epr):
+            rid = rp.str("InstanceID")
+            present.add(rid.lower())
+            if rid.lower() in keep_ids:
+                continue
+            if rid.lower() not in our_ids or rp.epr is None:
+                result.others.append(rid)
+                continue
+            try:
+                self.destroy_reference_point(rp.epr)
+            except NotFoundFault:
+                result.gone.append(rid)  # removed meanwhile (by Hyper-V or an operator)
+            except BareosHyperVError as exc:
+                result.failed[rid] = str(exc)
+            else:
+                result.destroyed.append(rid)
+        result.gone += [o for o in ours if o.lower() not in present and o.lower() not in keep_ids]
+        return result

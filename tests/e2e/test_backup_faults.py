@@ -338,7 +338,8 @@ def test_several_vms_one_after_the_other_and_a_failing_one_is_cleaned_up(estate:
     assert "Export failed: disk full." in _one_fatal(job)
     world = estate.sim.world
     names = estate.fd.list_files(job.jobid)
-    assert names[-1] == "@hyperv/HVCLUSTER01/web01/SHA256SUMS"  # web01 complete; nothing after db01 failed
+    # web01 complete (digests, then its final manifest as a restore object); nothing after db01 failed
+    assert names[-2:] == ["@hyperv/HVCLUSTER01/web01/SHA256SUMS", "@hyperv/HVCLUSTER01/web01/manifest.object.xml"]
     assert not any("/db01/" in n or "/file01/" in n for n in names)
     assert len(world.reference_points(world.vm("web01").id)) == 1
     assert world.reference_points(world.vm("db01").id) == []
