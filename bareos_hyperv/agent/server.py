@@ -11,6 +11,7 @@ never blocking the exit), where the fd reads them once the process is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -245,10 +246,11 @@ class AgentServer:
     def _create_file(self, msg: Message) -> Reply:
         assert isinstance(msg, CreateFile)
         entry = FileEntry(name=msg.name, size=msg.size, mtime=msg.mtime, mode=msg.mode)
-        wfd, reason = self._session().create_item(entry, msg.target, msg.replace)
+        session = self._session()
+        wfd, reason = session.create_item(entry, msg.target, msg.replace)
         if wfd is None:
             return FileSkipped(name=msg.name, reason=reason), []
-        return PipeReady(name=msg.name, size=msg.size), [wfd]
+        return PipeReady(name=msg.name, size=msg.size, cleanup=session.pending_cleanup()), [wfd]
 
     def _plan_restore(self, msg: Message) -> Reply:
         assert isinstance(msg, PlanRestore)
@@ -259,4 +261,8 @@ class AgentServer:
 
     def _close_file(self, msg: Message) -> Reply:
         assert isinstance(msg, CloseFile)
-        return self._session().close_file(msg.name), []
+        session = self._session()
+        done = session.close_file(msg.name)
+        if session.hyperv is not None:
+            done = dataclasses.replace(done, cleanup=session.pending_cleanup())
+        return done, []

@@ -197,6 +197,8 @@ class Session:
             self.hyperv = HyperVRestore(restore, self._connections.connector, self._connections.storage,
                                         self._connections.resolver, job_id=start.jobid,
                                         timeout=float(self._options.get("timeout", "1800")))
+        elif self.kind is JobKind.CLEANUP and start.cleanup is not None and start.cleanup.restore:
+            self._connections = connect(self._options, self.credentials())  # undo_record in run_cleanup
         elif self.kind in (JobKind.BACKUP, JobKind.CLEANUP):
             self.source = make_source(start.source, self)
             if self.kind is JobKind.CLEANUP and not isinstance(self.source, Undoing):
@@ -251,7 +253,10 @@ class Session:
         return files
 
     def pending_cleanup(self) -> Optional[CleanupRecord]:
-        """What the source would have to undo if the job ended now (None: nothing)."""
+        """What the source (or the restore) would have to undo if the job ended now (None: nothing)."""
+        if self.hyperv is not None:
+            return None if self._finished else self.hyperv.pending_cleanup(self._options.get("host", ""),
+                                                                            self.start.jobid)
         source = self.source
         return source.pending_cleanup() if isinstance(source, Undoing) else None
 
@@ -260,6 +265,13 @@ class Session:
         record = self.start.cleanup
         if self.kind is not JobKind.CLEANUP or record is None:
             raise ProtocolError("Cleanup is only valid in a cleanup job that names what to undo")
+        if record.restore:
+            from bareos_hyperv.restore.execute import undo_record
+
+            assert self._connections is not None  # made in __init__
+            timeout = float(self._options.get("timeout", "60"))
+            return undo_record(record, self._connections.connector, self._connections.storage,
+                               self._connections.resolver, timeout=timeout)
         source = self.source
         assert isinstance(source, Undoing)  # checked in __init__
         return source.cleanup(record)
@@ -440,6 +452,8 @@ class Session:
             finally:
                 if self._connections is not None:
                     self._connections.close()
+        elif self._connections is not None:
+            self._connections.close()
         if self.source is not None:
             source, self.source = self.source, None
             try:

@@ -235,8 +235,8 @@ class BareosFdHyperV:
 
     def _clean_up_after(self, record: CleanupRecord, dead: AgentProcess) -> None:
         """A fresh agent removes what the job's agent left on Hyper-V; bounded, never raises."""
-        self.log.warning(f"the backup changed Hyper-V ({record.describe()}) and the agent {_ended(dead.returncode)} "
-                         "without undoing it; starting a fresh agent to remove it")
+        self.log.warning(f"the {'restore' if record.restore else 'backup'} changed Hyper-V ({record.describe()}) and "
+                         f"the agent {_ended(dead.returncode)} without undoing it; starting a fresh agent to remove it")
         left: Optional[CleanupRecord] = record
         agent: Optional[AgentProcess] = None
         timer: Optional[threading.Timer] = None
@@ -263,8 +263,15 @@ class BareosFdHyperV:
             if agent is not None:
                 agent.stop()
         if left is None:
-            self.log.info(f"cleanup done: nothing of this job is left on {record.node} for VM {record.vm_name}")
+            if record.restore:
+                self.log.info("cleanup done: nothing the restore created is left on Hyper-V")
+            else:
+                self.log.info(f"cleanup done: nothing of this job is left on {record.node} for VM {record.vm_name}")
         else:
+            if record.restore:
+                self.log.error(f"left behind on Hyper-V by the restore: {left.describe()} ({', '.join(left.files)}); "
+                               "remove them by hand")
+                return
             self.log.error(f"left behind on Hyper-V: {left.describe()}; the next backup of this VM with this "
                            "plugin removes the checkpoint; delete the staging folder on the host")
 
@@ -409,6 +416,8 @@ class BareosFdHyperV:
         if self.canceled or self.failed or self.agent is None:
             return
         done, _ = self.agent.request(CloseFile(name=self.io_name), FileDone, what=f"finishing {self.io_name}")
+        if self.restore is not None and self.restore.target is RestoreTarget.HYPERV:
+            self.in_progress = done.cleanup
         self.log.debug(DEBUG_TRACE, f"{done.name}: {done.bytes} bytes in {done.seconds:.1f} s, "
                                     f"sha256 {done.sha256}")
 
@@ -442,6 +451,7 @@ class BareosFdHyperV:
         if self.failed or self.canceled:
             return
         reply, _ = self.agent.request(FinishRestore(), RestoreFinished, what="importing the restored VMs")
+        self.in_progress = None  # the agent undid what failed itself
         if reply.failed:
             names = "; ".join(f"{vm}: {why}" for vm, why in reply.failed.items())
             done = f" (restored: {', '.join(reply.restored)})" if reply.restored else ""
@@ -502,6 +512,8 @@ class BareosFdHyperV:
         if not isinstance(reply, PipeReady):
             close_fds(fds)
             raise ProtocolError(f"the agent answered {reply.TYPE} to the restore of {target}")
+        if into_hyperv:
+            self.in_progress = reply.cleanup
         if len(fds) != 1:
             close_fds(fds)
             raise ProtocolError(f"the agent sent {len(fds)} descriptors for {target}, expected 1")

@@ -166,6 +166,11 @@ class CleanupRecord:
     job_id: int
     checkpoint_id: str = ""
     staging: str = ""
+    # Restore into Hyper-V: files this job wrote ("NODE|host path"), and the VM name an import
+    # under way would give a planned VM (planned VMs of that name are this job's).
+    restore: bool = False
+    files: List[str] = field(default_factory=list)
+    planned_name: str = ""
 
     def describe(self) -> str:
         """One line for the job log."""
@@ -174,6 +179,10 @@ class CleanupRecord:
             parts.append(f"recovery checkpoint {self.checkpoint_id}")
         if self.staging:
             parts.append(f"staging folder {self.staging}")
+        if self.files:
+            parts.append(f"{len(self.files)} restored file(s)")
+        if self.planned_name:
+            parts.append(f"a planned VM '{self.planned_name}'")
         return f"VM {self.vm_name} ({self.vm_guid}) on {self.node}: " + (" and ".join(parts) or "nothing")
 
 
@@ -320,6 +329,7 @@ class PipeReady(Message):
     TYPE: ClassVar[str] = "pipe_ready"
     name: str
     size: int
+    cleanup: Optional[CleanupRecord] = None  # restore into Hyper-V: what to undo if the job ended now
 
 
 @dataclass(frozen=True)
@@ -358,6 +368,7 @@ class FileDone(Message):
     bytes: int
     sha256: str
     seconds: float
+    cleanup: Optional[CleanupRecord] = None  # restore into Hyper-V: what to undo if the job ended now
 
 
 @dataclass(frozen=True)

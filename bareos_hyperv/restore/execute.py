@@ -21,6 +21,7 @@ whole:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from bareos_hyperv.manifest.layout import MANIFEST_FILE
 from bareos_hyperv.model.backup import PartKind, SaveSetPart
 from bareos_hyperv.model.restore import RestoreOptions
 from bareos_hyperv.model.vm import DriveSlot
-from bareos_hyperv.protocol.messages import RestoreObject
+from bareos_hyperv.protocol.messages import CleanupRecord, RestoreObject
 from bareos_hyperv.restore.facts import gather_destination
 from bareos_hyperv.restore.plan import (
     DiskPlacement,
@@ -47,10 +48,10 @@ from bareos_hyperv.restore.plan import (
     make_plan,
 )
 from bareos_hyperv.restore.render import render_plan
-from bareos_hyperv.storage.base import FileWriter, Storage
+from bareos_hyperv.storage.base import FileWriter, Storage, StorageNotFound
 from bareos_hyperv.storage.locations import Location, LocationResolver
 
-__all__ = ["OBJECT_SUFFIX", "HyperVRestore", "ItemTarget"]
+__all__ = ["OBJECT_SUFFIX", "HyperVRestore", "ItemTarget", "undo_record"]
 
 log = logging.getLogger("bareos_hyperv.restore")
 
@@ -70,6 +71,7 @@ class _Written:
     final: Location
     final_path: str
     renamed: bool = False
+    temp_path: str = ""
 
 
 @dataclass
@@ -103,6 +105,7 @@ class _Vm:
     # Planned VMs on the node before this job's import, None when no import was started: an
     # import interrupted before its answer leaves a planned VM this job did not learn the ID of.
     planned_before: Optional[Set[str]] = None
+    done: bool = False  # restored: what the job wrote for it is the VM's now
 
     @property
     def label(self) -> str:
@@ -233,7 +236,8 @@ class HyperVRestore:
         except BareosHyperVError as exc:
             self._fail(vm, f"cannot write {relative}: {exc}")
             raise
-        record = _Written(temp=temp, final=final, final_path=final_path, renamed=temp_path == final_path)
+        record = _Written(temp=temp, final=final, final_path=final_path, renamed=temp_path == final_path,
+                          temp_path=temp_path)
         vm.written.append(record)
         return ItemTarget(name=name, writer=writer, part=part, vm=directory, record=record), ""
 
@@ -285,6 +289,7 @@ class HyperVRestore:
                 else:
                     try:
                         self._import(vm)
+                        vm.done = True
                         restored.append(vm.label)
                         continue
                     except BareosHyperVError as exc:
@@ -428,19 +433,31 @@ class HyperVRestore:
             return False
 
     def _remove_tree(self, location: Location) -> None:
-        from bareos_hyperv.storage.base import StorageNotFound
+        _remove_tree(self.storage, location)
 
-        try:
-            entries = self.storage.listdir(location)
-        except StorageNotFound:
-            return
-        for entry in entries:
-            child = location.child(entry.name)
-            if entry.is_dir:
-                self._remove_tree(child)
-            else:
-                self.storage.delete(child, missing_ok=True)
-        self.storage.rmdir(location, missing_ok=True)
+    def pending_cleanup(self, host: str, job_id: int) -> Optional[CleanupRecord]:
+        """What a fresh agent must remove if this one died now (None: nothing).
+
+        Files are ``NODE|file|path`` or ``NODE|dir|path`` entries; a planned VM of
+        ``planned_name`` on ``node`` is this job's while an import is under way.
+        """
+        files: List[str] = []
+        planned_name = ""
+        node = ""
+        for vm in self.vms.values():
+            plan = vm.plan
+            if plan is None or vm.done:
+                continue
+            for w in vm.written:
+                files.append(f"{plan.node}|file|{w.final_path if w.renamed else w.temp_path}")
+            if vm.staging_created:
+                files.append(f"{plan.node}|dir|{plan.staging_folder}")
+            if vm.planned_before is not None and vm.realized is None:
+                planned_name, node = vm.manifest.vm.ref.name, plan.node
+        if not files and not planned_name:
+            return None
+        return CleanupRecord(host=host, node=node, vm_guid="", vm_name=planned_name, job_id=job_id, restore=True,
+                             files=files, planned_name=planned_name)
 
     def abort(self) -> None:
         """The job ends without finish (error, cancel): undo every VM's work (best effort)."""
@@ -455,3 +472,49 @@ class HyperVRestore:
                     log.error("%s: left behind after the restore stopped: %s", vm.label, left)
                 else:
                     log.warning("%s: the restore stopped; everything it had created was removed", vm.label)
+
+
+def undo_record(record: CleanupRecord, connector: Connector, storage: Storage, resolver: LocationResolver, *,
+                timeout: float) -> Optional[CleanupRecord]:
+    """Cleanup agent: remove what a dead restore agent left (its record); returns what is still left."""
+    left: List[str] = []
+    for entry in record.files:
+        node, kind, path = entry.split("|", 2)
+        try:
+            location = resolver.resolve(path, node)
+            if kind == "dir":
+                _remove_tree(storage, location)
+            else:
+                storage.delete(location, missing_ok=True)
+            log.info("removed %s %s on %s that the stopped restore had written", kind, path, node)
+        except BareosHyperVError as exc:
+            log.error("could not remove %s on %s: %s", path, node, exc)
+            left.append(entry)
+    planned_left = ""
+    if record.planned_name and record.node:
+        try:
+            importer = VmImporter(connector.client(record.node), record.node, timeout=timeout)
+            for planned in importer.planned_systems():
+                if planned.name == record.planned_name:
+                    importer.destroy_planned(planned)
+                    log.info("removed the planned VM '%s' (%s) on %s", planned.name, planned.guid, record.node)
+        except BareosHyperVError as exc:
+            log.error("could not remove the planned VM '%s' on %s: %s", record.planned_name, record.node, exc)
+            planned_left = record.planned_name
+    if not left and not planned_left:
+        return None
+    return dataclasses.replace(record, files=left, planned_name=planned_left)
+
+
+def _remove_tree(storage: Storage, location: Location) -> None:
+    try:
+        entries = storage.listdir(location)
+    except StorageNotFound:
+        return
+    for entry in entries:
+        child = location.child(entry.name)
+        if entry.is_dir:
+            _remove_tree(storage, child)
+        else:
+            storage.delete(child, missing_ok=True)
+    storage.rmdir(location, missing_ok=True)
