@@ -409,7 +409,7 @@ class Session:
         digest = item.drain.sha256.hexdigest()
         try:
             item.writer.close()
-            self.hyperv.item_done(item.hyperv, item.drain.bytes, digest)
+            self.hyperv.item_done(item.hyperv, item.drain.bytes, digest, item.drain.seconds)
         except BaseException:
             item.writer.discard()
             raise

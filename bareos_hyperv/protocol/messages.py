@@ -166,7 +166,7 @@ class CleanupRecord:
     job_id: int
     checkpoint_id: str = ""
     staging: str = ""
-    # Restore into Hyper-V: files this job wrote ("NODE|host path"), and the VM name an import
+    # Restore into Hyper-V: what this job wrote ("NODE|file|path", "NODE|dir|path"), and the VM name an import
     # under way would give a planned VM (planned VMs of that name are this job's).
     restore: bool = False
     files: List[str] = field(default_factory=list)

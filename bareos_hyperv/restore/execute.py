@@ -249,7 +249,7 @@ class HyperVRestore:
         raise ManifestError(f"the disk file {part.name} has no place in the restore plan",
                             what_to_do="report this as a bug with the job log")
 
-    def item_done(self, target: ItemTarget, size: int, sha256: str) -> None:
+    def item_done(self, target: ItemTarget, size: int, sha256: str, seconds: float = 0.0) -> None:
         """The core wrote the whole item: check it against the manifest, then put it in place."""
         vm = self.vms[target.vm]
         part = target.part
@@ -268,8 +268,8 @@ class HyperVRestore:
             return  # renamed once the VM it replaces is gone
         self.storage.rename(record.temp, record.final, replace=False)
         record.renamed = True
-        log.info("%s: %s written to %s (%.1f MB), SHA-256 verified", vm.label, part.name, record.final_path,
-                 size / _MB)
+        log.info("%s: %s written to %s, %.1f MB in %.1f s (%.1f MB/s), SHA-256 verified", vm.label, part.name,
+                 record.final_path, size / _MB, seconds, size / _MB / max(seconds, 1e-6))
 
     # ------------------------------------------------------------------ finish
 

@@ -1,0 +1,148 @@
+"""Restore of one VM with a 2 GiB disk into Hyper-V through fdsim, against Samba's ``smbclient put``, in one run.
+
+A simulated standalone Hyper-V host (hvsim, WinRM over HTTP with NTLM, disks on a real ``smbd`` on
+127.0.0.1) holds one VM whose only disk is a fixed VHDX of ``--size-mib`` MiB of incompressible
+data.  The VM is backed up once through fdsim; then, each run:
+
+* ``smbclient put`` of the same image (a local file) to the same signed SMB3 share (Samba's own
+  client writing: the reference);
+* a restore into Hyper-V through fdsim (the emulated Bareos fd writes the plugin's pipe itself, as
+  the core does with ``do_io_in_core``), as a copy next to the original (``restore_new_id=yes``),
+  so the disk is written over SMB under a temporary name, checked against its SHA-256, renamed,
+  and the VM imported.
+
+The product's rate is the disk's bytes over the agent's seconds from the pipe's open to the file's
+end (the agent's ``written to ... MB/s`` line); the job's wall time (planning, import) is reported
+beside it.  MB/s = 10^6 bytes/s; medians of ``--runs``.  The password reaches ``smbclient`` through a
+0600 authentication file, never its argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Dict, List, Optional
+
+from bench.backup_full import VM_BIG, VM_SMALL, Bench, _authfile, build_world, disk_of, peak_rss_kib, rate, warm
+from fdsim.fd import JobResult
+from hvsim.simulation import Simulation
+from hvsim.world.scenario import STANDALONE
+
+MiB = 1024 * 1024
+_WRITTEN = re.compile(r"disks/\S+ written to (.+?), ([\d.]+) MB in ([\d.]+) s \(([\d.]+) MB/s\)")
+_AGENT_HWM = re.compile(r"agent peak memory \(VmHWM\) (\d+) KiB")
+
+
+@dataclass
+class RestoreFigures:
+    """One restore job."""
+
+    agent_mbs: float
+    job_seconds: float
+    agent_hwm_kib: int
+
+
+def run_smbclient_put(port: int, authfile: Path, local: Path, share_path: str) -> float:
+    """MB/s of ``smbclient put`` of a local file to the share (then removed)."""
+    put = ["smbclient", "//127.0.0.1/D$", "-p", str(port), "-A", str(authfile), "-m", "SMB3",
+           "-c", f'put "{local}" "{share_path}"']
+    t0 = time.perf_counter()
+    res = subprocess.run(put, capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"smbclient put failed: {res.stdout}{res.stderr}")
+    subprocess.run(["smbclient", "//127.0.0.1/D$", "-p", str(port), "-A", str(authfile), "-m", "SMB3",
+                    "-c", f'del "{share_path}"'], capture_output=True, check=False)
+    return rate(local.stat().st_size, dt)
+
+
+def restore(bench: Bench, name: str) -> RestoreFigures:
+    """Restore the big VM as a copy named ``name``; the copy and its disk are removed afterwards."""
+    world = bench.sim.world
+    t0 = time.perf_counter()
+    job: JobResult = bench.fd.restore(
+        None, where="/", pluginoptions=f"python3:restore_new_id=yes:restore_vm_name={name}:restore_vm={VM_BIG}",
+        plugin_dir=str(Path(__file__).resolve().parents[1] / "packaging"),
+        extra_sys_path=[str(Path(__file__).resolve().parents[1])])
+    seconds = time.perf_counter() - t0
+    if job.status != "T":
+        raise RuntimeError(f"restore ended with status {job.status}:\n{job.log()}")
+    text = "\n".join(job.texts())
+    written = _WRITTEN.search(text)
+    hwm = _AGENT_HWM.search(text)
+    if written is None:
+        raise RuntimeError(f"no disk rate in the job log:\n{job.log()}")
+    size = int(float(written.group(2)) * MiB)
+    figures = RestoreFigures(agent_mbs=rate(size, float(written.group(3))), job_seconds=seconds,
+                             agent_hwm_kib=int(hwm.group(1)) if hwm else 0)
+    vm = world.vm(name)
+    for s in vm.config.vhds():
+        world.local(vm.node, s.host_resource[0]).unlink()
+    config = world.local(vm.node, vm.live_config_file())
+    if config.exists():
+        config.unlink()
+    del world.vms[vm.id]
+    return figures
+
+
+def _med(values: List[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark and print a table; 0 on success."""
+    p = argparse.ArgumentParser(prog="python -m bench restore_full", description=__doc__.split("\n")[0])
+    p.add_argument("--size-mib", type=int, default=int(os.environ.get("BENCH_RESTORE_SIZE_MIB", "2048")))
+    p.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
+    args = p.parse_args(argv)
+    size = args.size_mib * MiB
+    product: List[RestoreFigures] = []
+    tools: Dict[str, List[float]] = {"smbclient put": []}
+    with tempfile.TemporaryDirectory(prefix="bench-restore-", dir=os.environ.get("BENCH_TMPDIR")) as tmpdir:
+        tmp = Path(tmpdir)
+        print(f"creating the estate ({args.size_mib} MiB disk) ...", flush=True)
+        world = build_world(tmp / "estate", size, 16 * MiB)
+        with Simulation(tmp / "sim", world=world, samba=True, https=False) as sim:
+            creds = sim.write_credentials_file(tmp / "hyperv.cred")
+            bench = Bench(sim, tmp, creds)
+            bench.backup(VM_SMALL, "default")
+            bench.fd.backup(f"python3:module_name=bareos-fd-hyperv:{bench.options(VM_BIG, {})}",
+                            plugin_dir=str(Path(__file__).resolve().parents[1] / "packaging"),
+                            extra_sys_path=[str(Path(__file__).resolve().parents[1])])
+            local = world.local(STANDALONE, disk_of(world, VM_BIG))
+            image = tmp / "image.vhdx"
+            subprocess.run(["cp", str(local), str(image)], check=True)
+            target = str(PureWindowsPath(disk_of(world, VM_BIG)).relative_to("D:\\").parent / "put-copy.vhdx")
+            assert sim.samba is not None
+            port = sim.samba.servers[STANDALONE].port
+            with _authfile(tmp, sim.user, sim.password) as authfile:
+                for run in range(args.runs):
+                    warm(image)
+                    tools["smbclient put"].append(run_smbclient_put(port, authfile, image, target))
+                    fig = restore(bench, f"{VM_BIG}-r{run}")
+                    product.append(fig)
+                    print(f"  run {run + 1}: restore {fig.agent_mbs:7.0f} MB/s (smbclient put "
+                          f"{tools['smbclient put'][-1]:.0f}); job {fig.job_seconds:.1f} s", flush=True)
+    ref = _med(tools["smbclient put"])
+    core = _med([f.agent_mbs for f in product])
+    print()
+    print(f"Restore into Hyper-V of a VM with a {args.size_mib} MiB disk through fdsim, loopback Samba (signed "
+          f"SMB3), median of {args.runs} (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    print(f"  {'path':<24} {'MB/s':>7} {'vs smbclient put':>17} {'agent VmHWM':>12} {'job s':>6}")
+    print(f"  {'smbclient put':<24} {ref:7.0f} {1.0:16.2f}x")
+    print(f"  {'restore (plugin)':<24} {core:7.0f} {core / ref:16.2f}x "
+          f"{_med([f.agent_hwm_kib for f in product]) / 1024:9.0f} MiB {_med([f.job_seconds for f in product]):6.1f}")
+    print(f"  peak memory of this process (fdsim + simulator): {peak_rss_kib() / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
