@@ -309,3 +309,42 @@ def test_restore_to_a_volume_without_enough_free_space_is_refused(estate: Any) -
     assert back.status != "T"
     assert "free" in back.log().lower() and "Volume" in back.log()
     assert sorted(str(p) for p in world.root.rglob("*")) == files_before
+
+
+@pytest.fixture
+def second_cluster(estate: Any, tmp_path: Path) -> Any:
+    """Another cluster (HVCLUSTER02: nodes HV21, HV22, one CSV, switch 'Prod-LAN'), same account."""
+    from hvsim.simulation import Simulation
+    from hvsim.world.scenario import GiB, TiB
+    from hvsim.world.state import World
+
+    world = World(tmp_path / "sim2" / "estate")
+    world.add_cluster("HVCLUSTER02")
+    for node in ("HV21", "HV22"):
+        world.add_node(node, build=20348, switches=["Prod-LAN"], cluster=True)
+    world.add_csv(1 * TiB, 500 * GiB)
+    with Simulation(tmp_path / "sim2", world=world, samba=True, user=estate.sim.user,
+                    password=estate.sim.password) as sim2:
+        yield sim2
+
+
+def test_restore_to_another_cluster_with_other_volumes_and_switch_names(estate: Any, second_cluster: Any) -> None:
+    world = estate.sim.world
+    before = sources(world)
+    assert estate.backup(host="HVCLUSTER01", vm="web01").status == "T"
+    sims = (estate.sim, second_cluster)
+    host_map = ",".join(f"{n}={a}:{p}" for s in sims for n, (a, p) in sorted(s.host_map().items()))
+    smb_map = ",".join(f"{n}={a}:{p}" for s in sims for n, (a, p) in sorted(s.smb_map().items()))
+    storage = "C:\\ClusterStorage\\Volume1\\Restored"
+    back = restore(estate, host_map=host_map, smb_host_map=smb_map, restore_host="HVCLUSTER02",
+                   restore_storage=storage, restore_switch_map="External-LAN=Prod-LAN")
+    assert back.status == "T", back.log()
+    other = second_cluster.world
+    vm = other.vm("web01")
+    assert vm.id == world.vm("web01").id  # nobody at the destination has the ID: kept
+    paths = vm_disks(other, vm)
+    assert all(p.lower().startswith((storage + "\\web01\\").lower()) for p in paths), paths
+    check_restored(other, "web01", node=vm.node, disks=before, switches=["Prod-LAN"])
+    assert other.cluster.group_for_vm(vm.id).owner_node in ("HV21", "HV22")
+    no_leftovers(other)
+    no_leftovers(world)
