@@ -456,7 +456,7 @@ class BareosFdHyperV:
             names = "; ".join(f"{vm}: {why}" for vm, why in reply.failed.items())
             done = f" (restored: {', '.join(reply.restored)})" if reply.restored else ""
             raise BareosHyperVError(f"restore into Hyper-V failed for {names}{done}",
-                                    what_to_do="see the job log above for what was left where")
+                                    what_to_do="the plan and the errors above say why")
 
     @_callback
     def start_restore_file(self, cmd: str) -> int:

@@ -348,3 +348,55 @@ def test_restore_to_another_cluster_with_other_volumes_and_switch_names(estate: 
     assert other.cluster.group_for_vm(vm.id).owner_node in ("HV21", "HV22")
     no_leftovers(other)
     no_leftovers(world)
+
+
+def _tamper_manifest(estate: Any, jobid: int, old: str, new: str) -> None:
+    """Change the manifest restore object in the catalog as a damaged or forged save set would."""
+    import base64
+    import zlib
+
+    objects = estate.fd.store._objects[jobid]
+    for i, obj in enumerate(objects):
+        text = obj.inflated().decode("utf-8")
+        assert old in text
+        data = text.replace(old, new).encode("utf-8")
+        stored = zlib.compress(data) if obj.object_compression else data
+        objects[i] = type(obj)(**{**obj.__dict__, "data_b64": base64.b64encode(stored).decode("ascii"),
+                                  "object_len": len(data), "object_full_len": len(data)})
+
+
+DATA_PATH = 'path="C:\\ClusterStorage\\Volume2\\web01\\Virtual Hard Disks\\web01-data.vhdx"'
+
+
+@pytest.mark.parametrize(("old", "new", "needle"), [
+    (DATA_PATH, DATA_PATH.replace("Disks\\", "Disks\\..\\..\\..\\Windows\\"), "which would leave its folder"),
+    (DATA_PATH, DATA_PATH.replace("web01-data.vhdx", "CON.vhdx"), "Windows device name 'CON'"),
+    (DATA_PATH, DATA_PATH.replace("web01-data.vhdx", "web01-data.vhdx:evil"), "alternate data stream"),
+    # The captured settings are kept with their SHA-256: a changed text is a damaged manifest.
+    ("Virtual Hard Disks\\web01-data.vhdx", "Virtual Hard Disks\\evil.vhdx", "damaged"),
+])
+def test_a_forged_manifest_is_refused_before_anything_is_written(estate: Any, old: str, new: str,
+                                                                 needle: str) -> None:
+    world = estate.sim.world
+    job = estate.backup(host="HVCLUSTER01", vm="web01")
+    assert job.status == "T"
+    delete_vm(world, "web01")
+    _tamper_manifest(estate, job.jobid, old, new)
+    files_before = sorted(str(p) for p in world.root.rglob("*"))
+    back = restore(estate)
+    assert back.status != "T"
+    assert needle in back.log()
+    assert sorted(str(p) for p in world.root.rglob("*")) == files_before
+    no_leftovers(world)
+
+
+def test_restore_vm_selects_one_vm_of_a_multi_vm_job(estate: Any) -> None:
+    world = estate.sim.world
+    assert estate.backup(host="HVCLUSTER01", vm="web01,db01").status == "T"
+    delete_vm(world, "db01")  # web01 still exists, but it is not selected: no refusal for it
+    back = restore(estate, restore_vm="db01")
+    assert back.status == "T", back.log()
+    assert "web01" not in "\n".join(line for line in back.log().splitlines() if "Restore plan" in line)
+    db = world.vm("db01")
+    assert world.cluster.group_for_vm(db.id) is not None
+    no_leftovers(world)
