@@ -31,12 +31,12 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from bareos_hyperv.errors import BareosHyperVError, HyperVError, ManifestError, StorageError
 from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv.connection import Connector
-from bareos_hyperv.hyperv.importer import PlannedVm, VmImporter
+from bareos_hyperv.hyperv.importer import DefinitionImportRefused, PlannedVm, VmImporter
 from bareos_hyperv.manifest.document import Manifest, from_xml
 from bareos_hyperv.manifest.layout import MANIFEST_FILE
 from bareos_hyperv.model.backup import PartKind, SaveSetPart
 from bareos_hyperv.model.restore import RestoreOptions
-from bareos_hyperv.model.vm import DriveSlot
+from bareos_hyperv.model.vm import DriveSlot, VmRef
 from bareos_hyperv.protocol.messages import CleanupRecord, RestoreObject
 from bareos_hyperv.restore.facts import gather_destination
 from bareos_hyperv.restore.plan import (
@@ -318,33 +318,26 @@ class HyperVRestore:
             raise ManifestError(f"{vm.label}: the backup holds no configuration file (.vmcx) to import",
                                 what_to_do="restore the files into a directory and create the VM by hand")
         definition = str(PureWindowsPath(plan.staging_folder) / "Virtual Machines" / PureWindowsPath(vmcx).name)
-        vm.planned_before = {p.guid for p in importer.planned_systems()}
-        vm.planned = importer.import_definition(definition, new_id=not plan.keep_id,
-                                                snapshot_folder=str(PureWindowsPath(plan.staging_folder) / "Snapshots"))
-        log.info("%s: imported as planned VM %s on %s", vm.label, vm.planned.guid, plan.node)
         leaves: Dict[DriveSlot, str] = {}
         for disk in vm.manifest.disks:
             if disk.chain:
                 leaf = next(p for p in plan.disks if p.file_index == disk.chain[0].index)
                 leaves[leaf.slot] = leaf.dest_path
-        if leaves:
-            importer.retarget_disks(vm.planned, leaves)
-        if plan.adapters:
-            importer.connect_adapters(vm.planned, {a.mac: a.dest_switch for a in plan.adapters})
-        if plan.dropped:
-            importer.remove_devices(vm.planned, [d.settings_id for d in plan.dropped])
-        vm.planned = importer.set_system(vm.planned, name=plan.name, config_root=plan.config_root,
-                                         snapshot_root=plan.config_root)
-        findings = importer.validate(vm.planned)
-        for warning in (p for p in findings if not p.blocking):
-            log.warning("%s: Hyper-V warns: %s (ID %s)", vm.label, warning.message, warning.message_id)
-        problems = [p for p in findings if p.blocking]
-        if problems:
-            raise HyperVError(f"Hyper-V on {plan.node} refused the restored configuration: "
-                              + "; ".join(f"{p.message} (ID {p.message_id})" for p in problems),
-                              what_to_do="adjust the restore options the messages point to and restore again")
-        ref = importer.realize(vm.planned)
-        vm.planned = None
+        switches = {a.mac: a.dest_switch for a in plan.adapters}
+        vm.planned_before = {p.guid for p in importer.planned_systems()}
+        try:
+            vm.planned = importer.import_definition(
+                definition, new_id=not plan.keep_id,
+                snapshot_folder=str(PureWindowsPath(plan.staging_folder) / "Snapshots"))
+        except DefinitionImportRefused as exc:
+            if plan.keep_id:
+                raise  # DefineSystem always makes a new ID: not what a restore keeping the ID promised
+            log.warning("%s: %s; defining the VM from the settings the backup captured instead (DefineSystem)",
+                        vm.label, exc)
+            ref = self._define(vm, importer, leaves, switches)
+        else:
+            log.info("%s: imported as planned VM %s on %s", vm.label, vm.planned.guid, plan.node)
+            ref = self._fix_up_and_realize(vm, importer, leaves, switches)
         vm.realized = ref.guid
         log.info("%s: realized as VM '%s' (%s) on %s", vm.label, ref.name, ref.guid, plan.node)
         if plan.cluster_role and plan.cluster:
@@ -360,6 +353,42 @@ class HyperVRestore:
             log.info("%s: started", vm.label)
         self._remove_staging(vm)
         log.info("%s: restored in %.1f s", vm.label, time.monotonic() - started)
+
+    def _fix_up_and_realize(self, vm: _Vm, importer: VmImporter, leaves: Dict[DriveSlot, str],
+                            switches: Dict[str, Optional[str]]) -> VmRef:
+        """The imported planned VM: disks, adapters, devices, name and folders; validate; realize."""
+        plan = vm.plan
+        assert plan is not None and vm.planned is not None
+        if leaves:
+            importer.retarget_disks(vm.planned, leaves)
+        if switches:
+            importer.connect_adapters(vm.planned, switches)
+        if plan.dropped:
+            importer.remove_devices(vm.planned, [d.settings_id for d in plan.dropped])
+        vm.planned = importer.set_system(vm.planned, name=plan.name, config_root=plan.config_root,
+                                         snapshot_root=plan.config_root)
+        findings = importer.validate(vm.planned)
+        for warning in (p for p in findings if not p.blocking):
+            log.warning("%s: Hyper-V warns: %s (ID %s)", vm.label, warning.message, warning.message_id)
+        problems = [p for p in findings if p.blocking]
+        if problems:
+            raise HyperVError(f"Hyper-V on {plan.node} refused the restored configuration: "
+                              + "; ".join(f"{p.message} (ID {p.message_id})" for p in problems),
+                              what_to_do="adjust the restore options the messages point to and restore again")
+        ref = importer.realize(vm.planned)
+        vm.planned = None
+        return ref
+
+    def _define(self, vm: _Vm, importer: VmImporter, leaves: Dict[DriveSlot, str],
+                switches: Dict[str, Optional[str]]) -> VmRef:
+        """The fallback: a new VM from the manifest's captured settings (devices that cannot come back left out)."""
+        plan = vm.plan
+        assert plan is not None
+        settings = vm.manifest.settings
+        dropped = {d.settings_id.lower() for d in plan.dropped}
+        resources = [r for r in settings.resources if r.instance_id.lower() not in dropped]
+        return importer.define_from_captured(settings.system, resources, name=plan.name,
+                                             config_root=plan.config_root, disk_paths=leaves, switches=switches)
 
     def _replace(self, vm: _Vm, importer: VmImporter) -> None:
         """Remove the VM being overwritten (its new disks are written and verified), then move them in."""

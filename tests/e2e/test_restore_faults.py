@@ -196,3 +196,21 @@ def test_smb_connection_drop_mid_disk_resumes_or_fails_cleanly(big: Any) -> None
         assert "nothing was left behind" in back.log() or "everything it had created was removed" in back.log()
         no_leftovers(world)
         assert _files(world) == files_before
+
+
+def test_a_refused_import_of_a_copy_falls_back_to_define_system_and_says_so(estate: Any) -> None:
+    world = estate.sim.world
+    assert estate.backup(host="HVCLUSTER01", vm="web01").status == "T"
+    estate.sim.faults.add(F.JOB_FAIL, "ImportSystemDefinition", error_code=32768,
+                          error_description="The configuration file is of an unsupported format (injected).")
+    back = restore(estate, restore_new_id="yes", restore_vm_name="web01-defined")
+    assert back.status == "T", back.log()
+    assert "defining the VM from the settings the backup captured instead (DefineSystem)" in back.log()
+    vm = world.vm("web01-defined")
+    assert vm.id != world.vm("web01").id
+    paths = vm_disks(world, vm)
+    assert len(paths) == 2 and all("-restored-" in p for p in paths), paths
+    for path in paths:
+        _qemu_ok(world.local(vm.node, path))
+    assert world.cluster.group_for_vm(vm.id) is not None
+    no_leftovers(world)
