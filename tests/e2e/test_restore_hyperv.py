@@ -198,9 +198,10 @@ def test_restore_to_the_other_node_of_the_cluster(estate: Any) -> None:
     before = sources(world)
     assert estate.backup(host="HVCLUSTER01", vm="web01").status == "T"
     delete_vm(world, "web01")
-    back = restore(estate, restore_node="HV02")
+    back = restore(estate, restore_node="HV02", restore_start="yes")
     assert back.status == "T", back.log()
-    check_restored(world, "web01", node="HV02", disks=before, switches=["External-LAN"])
+    vm = check_restored(world, "web01", node="HV02", disks=before, switches=["External-LAN"])
+    assert vm.state == 2  # restore_start=yes: running
     no_leftovers(world)
 
 
