@@ -225,6 +225,10 @@ class Repository(Protocol):
     names, as WMI is.  Methods raise :class:`CimError` for anything Windows
     would answer with a fault (unknown class -> ``a:DestinationUnreachable``
     with the WMI "not found" code; bad key names -> ``w:InvalidSelectors``).
+
+    Optional attributes the dispatcher reads when present: ``product_version`` (Identify)
+    and ``winrm`` (a :class:`hvsim.behaviour.WinrmBehaviour`: how this node's WinRM words
+    what real hosts word differently).
     """
 
     @property

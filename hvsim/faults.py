@@ -20,6 +20,9 @@ DROP_CONNECTION = "drop_connection"  # server: close the TCP connection without 
 SLOW_RESPONSE = "slow_response"  # server: sleep params["seconds"] before answering
 AUTH_FAILURE = "auth_failure"  # server: answer HTTP 401 although the credentials are right
 WSMAN_FAULT = "wsman_fault"  # dispatcher: SOAP fault (params: subcode, reason, wsman_code, wmi_status)
+QUOTA_LIMIT = "quota_limit"  # dispatcher: WinRM's per-user quota fault (params: quota = "operations"
+#                              (default) | "shells", shape = "wmierror" (default) | "wsmanfault"); see
+#                              hvsim.wsman.Dispatcher._quota_fault for the shapes and their sources
 JOB_FAIL = "job_fail"  # world: the job started by `target` method ends in Exception (params: error_code,
 #                        error_description)
 JOB_HANG = "job_hang"  # world: the job started by `target` method stays Running until disarmed

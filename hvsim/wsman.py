@@ -17,14 +17,22 @@ subcode Windows uses for a case was not recorded, the choice is noted at the cod
 
 Choices not backed by a recorded Windows response (verify on a lab host):
 
-* unknown namespace or class in the resource URI: ``a:DestinationUnreachable`` with
-  0x80338000 (WMI's invalid-class/namespace errors surface as "not found");
+* unknown class in the resource URI: ``a:DestinationUnreachable`` with 0x80338000 (WMI's
+  invalid-class error surfaces as "not found"); an unknown *namespace* is answered as the
+  node's ``winrm.missing_namespace`` says (:mod:`hvsim.behaviour`: real hosts differ);
+* where a provider fault carries its WMI error object (``f:ExtendedError`` or directly
+  under ``s:Detail``) and how embedded-object properties are rendered are per-node
+  choices too (``winrm.wmi_error_placement``, ``winrm.embedded_objects``);
 * WQL filter sent to a class URI: ``w:InternalError`` with
   ERROR_WSMAN_INVALID_URI_WMI_ENUM_WQL (0x803380FB);
 * Get/Invoke without selectors on a keyed class: ``w:InvalidSelectors`` with
   ERROR_WSMAN_INVALID_URI_WMI_SINGLETON (0x803380FA);
 * unknown method: ``a:ActionNotSupported``; unknown in-parameter: ``w:InvalidParameter``
-  (detail InvalidName); unparsable embedded instance: ``w:SchemaValidationError``;
+  (detail InvalidName); unparsable embedded instance, an embedded instance sent as a
+  WS-Man element tree, or a REF parameter sent as a WMI object-path string instead of an
+  EPR: ``w:SchemaValidationError`` (hyperv-wmi.md §1.10 and traps 2-3: Windows takes only
+  CIM-XML text and EPRs there; the element-tree refusal was reported for another client,
+  the object-path one is inferred from the method schema typing REFs as EPRs);
 * request ``w:MaxEnvelopeSize`` above the server's: ``w:EncodingLimit`` (0x80338047);
   response too big: ``w:EncodingLimit`` (0x80338048); request body above the server's
   MaxEnvelopeSizekb: HTTP 413 with no body (as clients report from Windows);
@@ -53,6 +61,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Sequence
 from lxml import etree
 
 from hvsim import cimxml
+from hvsim.behaviour import WinrmBehaviour
 from hvsim.cim import (
     WMI_URI_PREFIX,
     CimError,
@@ -64,7 +73,7 @@ from hvsim.cim import (
     PropDef,
     Repository,
 )
-from hvsim.faults import WSMAN_FAULT, FaultPlan, FaultRule
+from hvsim.faults import QUOTA_LIMIT, WSMAN_FAULT, FaultPlan, FaultRule
 from hvsim.requestlog import OUTCOME_OK, RequestLog, RequestRecord
 from hvsim.wql import (
     AssociatorsQuery,
@@ -154,6 +163,26 @@ ERROR_WSMAN_INVALID_URI_WMI_SINGLETON = 0x803380FA  # 2150859002
 ERROR_WSMAN_INVALID_URI_WMI_ENUM_WQL = 0x803380FB
 ERROR_WSMAN_WMI_PROVIDER_NOT_CAPABLE = 0x80338102  # 2150859010
 ERROR_WSMAN_WMI_INVALID_VALUE = 0x80338103
+# Per-user quotas (wsmerror.h, as copied into PowerShell's CimChildJobBase.cs, which sleeps and
+# retries on them; ansible's winrm plugin recreates its shell on 0x803381A6, ansible/ansible#83656).
+ERROR_WSMAN_QUOTA_MAX_SHELLS = 0x803381A5  # 2150859173 (hashicorp/vagrant#7489)
+ERROR_WSMAN_QUOTA_MAX_OPERATIONS = 0x803381A6  # 2150859174 (pywinrm's MSFT_WmiError test)
+# WMI's own HRESULTs (WbemCli.h, "WMI Error Constants")
+WBEM_E_ACCESS_DENIED = 0x80041003
+WBEM_E_INVALID_NAMESPACE = 0x8004100E
+# CIM status codes (DSP0200) WinRM puts in MSFT_WmiError.CIMStatusCode
+CIM_STATUS_OF_HRESULT: Dict[int, int] = {
+    0x80041002: 6,  # WBEM_E_NOT_FOUND -> CIM_ERR_NOT_FOUND
+    WBEM_E_ACCESS_DENIED: 2,  # CIM_ERR_ACCESS_DENIED
+    0x80041008: 4,  # WBEM_E_INVALID_PARAMETER -> CIM_ERR_INVALID_PARAMETER
+    0x8004100C: 7,  # WBEM_E_NOT_SUPPORTED -> CIM_ERR_NOT_SUPPORTED
+    WBEM_E_INVALID_NAMESPACE: 3,  # CIM_ERR_INVALID_NAMESPACE
+    0x80041010: 5,  # WBEM_E_INVALID_CLASS -> CIM_ERR_INVALID_CLASS
+    ERROR_WSMAN_QUOTA_MAX_SHELLS: 27,  # CIM_ERR_SERVER_LIMITS_EXCEEDED (pywinrm's recorded fault)
+    ERROR_WSMAN_QUOTA_MAX_OPERATIONS: 27,
+}
+# Where WinRM v2+ puts MSFT_WmiError directly under s:Detail (pywinrm 0.5.0 protocol.py).
+MSFT_WMIERROR_URI = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/MSFT_WmiError"
 
 # Default f:WSManFault/@Code per subcode for faults the repository raises without one.
 DEFAULT_CODES: Dict[str, int] = {
@@ -217,6 +246,20 @@ TEXT_INVALID_PARAMETER = (
     "The WS-Management service cannot process the request because a parameter for the operation is "
     "not valid. "
 )
+TEXT_SCHEMA_VALIDATION = (
+    "The SOAP XML in the message does not match the corresponding XML schema definition. Change the XML "
+    "and retry. "
+)
+# Quota texts as Windows words them (masterzen/winrm#129; hashicorp/vagrant#7489).
+TEXT_QUOTA_OPERATIONS = (
+    "The WS-Management service cannot process the request. This user is allowed a maximum number of 1500 "
+    "concurrent operations, which has been exceeded. Close existing operations for this user, or raise the "
+    "quota for this user. "
+)
+TEXT_QUOTA_SHELLS = (
+    "The WS-Management service cannot process the request. This user is allowed a maximum number of 5 "
+    "concurrent shells, which has been exceeded. Close existing shells or raise the quota for this user. "
+)
 TEXT_INTERNAL = (
     "The WS-Management service cannot process the request. The WMI service reported that the WMI "
     "provider could not perform the requested operation. "
@@ -227,8 +270,9 @@ class WsmanFault(Exception):
     """A SOAP fault to send back; built by the dispatcher, or from a :class:`CimError`.
 
     ``message`` is the ``f:Message`` text (defaults to ``reason``).  ``provider``
-    wraps it in an ``f:ProviderFault`` of the WMI plugin, with ``wmi_status`` as
-    ``__ExtendedStatus``.
+    wraps it in an ``f:ProviderFault`` of the WMI plugin, with ``wmi_status`` as the WMI
+    error object (``__ExtendedStatus`` or ``MSFT_WmiError``) placed where ``placement``
+    says (one of :data:`hvsim.behaviour.WMI_ERROR_PLACEMENT`; None: the node's choice).
     """
 
     def __init__(
@@ -243,8 +287,10 @@ class WsmanFault(Exception):
         wmi_status: Mapping[str, Any] | None = None,
         code: str | None = None,
         http_status: int = 500,
+        placement: str | None = None,
     ) -> None:
         super().__init__(f"{subcode}: {reason}")
+        self.placement = placement
         self.subcode = subcode
         self.reason = reason
         self.wsman_code = wsman_code if wsman_code is not None else DEFAULT_CODES.get(
@@ -599,6 +645,33 @@ class Dispatcher:
         rule = self.faults.fire(WSMAN_FAULT, name)
         if rule is not None:
             raise self._injected(rule, name)
+        rule = self.faults.fire(QUOTA_LIMIT, name)
+        if rule is not None:
+            raise self._quota_fault(rule)
+
+    def _behaviour(self) -> WinrmBehaviour:
+        """The node's WinRM choices (defaults for a repository that has none)."""
+        found = getattr(self.repo, "winrm", None)
+        return found if isinstance(found, WinrmBehaviour) else WinrmBehaviour()
+
+    @staticmethod
+    def _quota_fault(rule: FaultRule) -> WsmanFault:
+        """WinRM's per-user quota fault (MaxConcurrentOperationsPerUser / MaxShellsPerUser exceeded).
+
+        ``shape="wmierror"`` (default) is the fault pywinrm recorded: ``w:InternalError`` whose
+        ``s:Detail`` holds only ``MSFT_WmiError`` with CIMStatusCode 27 and error_Code 0x803381A6
+        (pywinrm tests/test_exceptions.py).  ``shape="wsmanfault"`` is the DSP0226 / [MS-WSMV]
+        3.1.4.5.2.1 ``w:QuotaLimit`` fault carrying the code in ``f:WSManFault`` as hashicorp/vagrant#7489
+        shows it (``[WSMAN ERROR CODE: 2150859173]``; the subcode there is not shown).
+        """
+        shells = str(rule.params.get("quota", "operations")) == "shells"
+        code = ERROR_WSMAN_QUOTA_MAX_SHELLS if shells else ERROR_WSMAN_QUOTA_MAX_OPERATIONS
+        text = TEXT_QUOTA_SHELLS if shells else TEXT_QUOTA_OPERATIONS
+        if str(rule.params.get("shape", "wmierror")) == "wsmanfault":
+            return WsmanFault("w:QuotaLimit", text, wsman_code=code, provider=False)
+        return WsmanFault("w:InternalError", text, wsman_code=code, provider=False, placement="detail_wmierror",
+                          wmi_status={"StatusCode": code, "CIMStatusCode": 27, "error_Category": 30,
+                                      "Message": text.strip(), "Description": text.strip()})
 
     def _injected(self, rule: FaultRule, name: str) -> WsmanFault:
         p = rule.params
@@ -683,6 +756,8 @@ class Dispatcher:
                              detail=FAULT_DETAIL + "InvalidResourceURI")
         ns_spelling, cls = rest.rsplit("/", 1)
         namespace = self._canonical_namespace(ns_spelling)
+        if self._behaviour().denies(namespace):
+            raise self._access_denied(namespace)
         if cls == "*":
             return _Resource(uri, namespace, ns_spelling, None, None)
         cdef = self.repo.class_def(namespace, cls)
@@ -696,9 +771,39 @@ class Dispatcher:
         for ns in self.repo.namespaces():
             if ns.replace("\\", "/").lower() == want:
                 return ns
-        # WBEM_E_INVALID_NAMESPACE reaches the client as "not found" (a:DestinationUnreachable).
-        raise self._not_found(f"The WS-Management service cannot process the request. The WMI service "
-                              f"returned an 'invalid namespace' error. ({spelled}) ")
+        raise self._missing_namespace(spelled)
+
+    def _missing_namespace(self, spelled: str) -> WsmanFault:
+        """WBEM_E_INVALID_NAMESPACE as this node's WinRM words it (hvsim.behaviour.MISSING_NAMESPACE)."""
+        variant = self._behaviour().missing_namespace
+        ns = spelled.replace("\\", "/").strip("/")
+        # the wording azure-docs#55006 quotes from a real host (WinRM over the MI-based WMI plugin)
+        text = f"The WS-Management service cannot process the request. The CIM namespace {ns} is invalid. "
+        status: Dict[str, Any] = {"Description": f"The CIM namespace {ns} is invalid.", "ParameterInfo": ns,
+                                  "ProviderName": "WinMgmt", "StatusCode": WBEM_E_INVALID_NAMESPACE}
+        if variant == "wsman_destination_unreachable":
+            return WsmanFault("w:DestinationUnreachable", TEXT_NOT_FOUND, wsman_code=ERROR_WSMAN_RESOURCE_NOT_FOUND,
+                              detail=FAULT_DETAIL + "InvalidResourceURI", message=f"{TEXT_NOT_FOUND}({ns}) ")
+        if variant == "invalid_namespace_code":
+            return WsmanFault("w:InternalError", text, wsman_code=WBEM_E_INVALID_NAMESPACE, provider=True)
+        if variant == "invalid_namespace_extended":
+            return WsmanFault("w:InternalError", TEXT_INTERNAL, wsman_code=ERROR_WSMAN_WMI_PROVIDER_NOT_CAPABLE,
+                              provider=True, message=text, wmi_status=status, placement="extended")
+        if variant == "invalid_namespace_wmierror":
+            return WsmanFault("w:InternalError", text, provider=True, placement="detail_wmierror",
+                              wmi_status={**status, "CIMStatusCode": 3, "Message": status["Description"]})
+        # "destination_unreachable": the historical answer, WMI's invalid namespace as "not found"
+        return self._not_found(f"The WS-Management service cannot process the request. The WMI service "
+                               f"returned an 'invalid namespace' error. ({spelled}) ")
+
+    def _access_denied(self, namespace: str) -> WsmanFault:
+        """The account may not use ``namespace`` here (hvsim.behaviour.ACCESS_DENIED)."""
+        if self._behaviour().access_denied == "wmierror":
+            return WsmanFault("w:InternalError", "Access denied ", provider=True, placement="detail_wmierror",
+                              wmi_status={"Description": "Access denied", "Message": "Access denied",
+                                          "ParameterInfo": namespace, "ProviderName": "WinMgmt",
+                                          "StatusCode": WBEM_E_ACCESS_DENIED, "CIMStatusCode": 2})
+        return WsmanFault("w:AccessDenied", "Access is denied. ", wsman_code=ERROR_ACCESS_DENIED)
 
     def _not_found(self, message: str) -> WsmanFault:
         return WsmanFault("a:DestinationUnreachable", TEXT_NOT_FOUND, message=message, provider=True)
@@ -863,6 +968,12 @@ class Dispatcher:
         detail = etree.SubElement(f, _q(NS_S, "Detail"))
         if fault.detail:
             etree.SubElement(detail, _q(NS_W, "FaultDetail")).text = fault.detail
+        status = fault.wmi_status
+        placement = fault.placement or self._behaviour().wmi_error_placement
+        if status is not None and placement == "detail_wmierror":
+            # pywinrm's recorded WinRM fault: s:Detail holds the WMI error object and nothing else
+            detail.append(self._msft_wmi_error(status, MSFT_WMIERROR_URI))
+            return self._serialize(env)
         machine = self.repo.hostname
         wf = etree.SubElement(detail, _q(NS_F, "WSManFault"), nsmap={"f": NS_F})
         wf.set("Code", str(fault.wsman_code))
@@ -878,10 +989,59 @@ class Dispatcher:
             inner.set("Code", str(fault.wsman_code))
             inner.set("Machine", machine)
             etree.SubElement(inner, _q(NS_F, "Message")).text = fault.message
-            if fault.wmi_status is not None:
+            if status is not None and placement in ("extended", "extended_wmierror"):
                 ext = etree.SubElement(pf, _q(NS_F, "ExtendedError"))
-                ext.append(self._extended_status(fault.wmi_status))
+                if placement == "extended":
+                    ext.append(self._extended_status(status))
+                else:
+                    uri = f"{WMI_URI_PREFIX}{self._default_ns().lower()}/MSFT_WmiError"
+                    ext.append(self._msft_wmi_error(status, uri))
+        if status is not None and placement == "detail_extended_status":
+            detail.append(self._extended_status(status))
         return self._serialize(env)
+
+    def _msft_wmi_error(self, status: Mapping[str, Any], uri: str) -> Any:
+        """``MSFT_WmiError`` from the ``__ExtendedStatus`` fields of ``status``.
+
+        Element, attributes, member order and ``xsi:type`` per member follow the fault pywinrm
+        recorded (pywinrm tests/test_exceptions.py); ``status`` may also name members directly
+        (``CIMStatusCode``, ``Message``, ``MessageID``, ``error_Category``).
+        """
+        code = status.get("StatusCode")
+        message = status.get("Message", status.get("Description"))
+        hresult = int(code) if isinstance(code, int) else None
+        members: List[Tuple[str, str, Any]] = [
+            ("CIMStatusCode", "cimUnsignedInt",
+             status.get("CIMStatusCode", CIM_STATUS_OF_HRESULT.get(hresult or 0, 1))),
+            ("CIMStatusCodeDescription", "cimString", None),
+            ("ErrorSource", "cimString", status.get("ParameterInfo") or None),
+            ("ErrorSourceFormat", "cimUnsignedShort", 0),
+            ("ErrorType", "cimUnsignedShort", 0),
+            ("Message", "cimString", message),
+            ("MessageID", "cimString",
+             status.get("MessageID", f"HRESULT 0x{hresult:08x}" if hresult is not None else None)),
+            ("OtherErrorSourceFormat", "cimString", None),
+            ("OtherErrorType", "cimString", None),
+            ("OwningEntity", "cimString", status.get("ProviderName") or None),
+            ("PerceivedSeverity", "cimUnsignedShort", 0),
+            ("ProbableCause", "cimUnsignedShort", 0),
+            ("ProbableCauseDescription", "cimString", None),
+            ("error_Category", "cimUnsignedInt", status.get("error_Category", 0)),
+            ("error_Code", "cimUnsignedInt", hresult),
+            ("error_Type", "cimString", "HRESULT"),
+            ("error_WindowsErrorMessage", "cimString", status.get("Description", message)),
+        ]
+        el = etree.Element(_q(uri, "MSFT_WmiError"), nsmap={"b": NS_B, "p": uri, "cim": NS_CIM, "xsi": NS_XSI})
+        el.set(_q(NS_B, "IsCIM_Error"), "true")
+        el.set(_q(NS_XSI, "type"), "p:MSFT_WmiError_Type")
+        for name, typ, value in members:
+            child = etree.SubElement(el, _q(uri, name))
+            child.set(_q(NS_XSI, "type"), f"cim:{typ}")
+            if value is None:
+                child.set(_q(NS_XSI, "nil"), "true")
+            else:
+                child.text = str(value)
+        return el
 
     def _extended_status(self, status: Mapping[str, Any]) -> Any:
         ns = self._default_ns()
@@ -919,18 +1079,26 @@ class Dispatcher:
     def _class_lookup(self, namespace: str) -> Callable[[str], ClassDef | None]:
         return lambda name: self.repo.class_def(namespace, name)
 
-    def _append_value(self, parent: Any, tag: str, pdef: PropDef | None, value: Any, namespace: str) -> None:
+    def _append_value(self, parent: Any, tag: str, pdef: PropDef | None, value: Any, namespace: str, *,
+                      embedded: str = "cimxml") -> None:
+        """One property (or out parameter) element; ``embedded`` says how an embedded object is rendered.
+
+        Method outputs keep ``cimxml`` (embedded-instance *strings*, GetErrorEx); instance
+        properties of object type follow the node's ``winrm.embedded_objects``.
+        """
         if value is None:
             el = etree.SubElement(parent, tag)
             el.set(_q(NS_XSI, "nil"), "true")
             return
         if isinstance(value, list):
             for v in value:
-                self._append_value(parent, tag, pdef, v, namespace)
+                self._append_value(parent, tag, pdef, v, namespace, embedded=embedded)
             return
         el = etree.SubElement(parent, tag)
         if isinstance(value, CimRef):
             self._fill_epr(el, value)
+        elif isinstance(value, CimInstance) and embedded != "cimxml":
+            self._fill_embedded_object(el, value, namespace, embedded)
         elif isinstance(value, CimInstance):
             lookup = self._class_lookup(value.namespace or namespace)
             el.text = cimxml.produce_instance(value, lookup(value.class_name), class_lookup=lookup)
@@ -945,6 +1113,25 @@ class Dispatcher:
         else:
             el.text = str(value)
 
+    def _fill_embedded_object(self, el: Any, value: CimInstance, namespace: str, embedded: str) -> None:
+        """An embedded object as nested XML (hvsim.behaviour.EMBEDDED_OBJECTS) or as nil."""
+        if embedded == "nil":
+            el.set(_q(NS_XSI, "nil"), "true")
+            return
+        ns = value.namespace or namespace
+        uri = f"{WMI_URI_PREFIX}{ns.lower()}/{value.class_name}"
+        holder = el
+        if embedded == "nested_class":
+            holder = etree.SubElement(el, _q(uri, value.class_name), nsmap={"e": uri})
+            holder.set(_q(NS_XSI, "type"), f"e:{value.class_name}_Type")
+        schema = self._all_props(ns, value.class_name)
+        seen = {p.name.lower() for p in schema}
+        for p in schema:
+            self._append_value(holder, _q(uri, p.name), p, value.get(p.name), ns, embedded=embedded)
+        for name, item in value.properties.items():
+            if name.lower() not in seen:
+                self._append_value(holder, _q(uri, name), None, item, ns, embedded=embedded)
+
     def _fill_epr(self, el: Any, ref: CimRef) -> None:
         etree.SubElement(el, _q(NS_A, "Address")).text = ANONYMOUS
         rp = etree.SubElement(el, _q(NS_A, "ReferenceParameters"))
@@ -958,13 +1145,15 @@ class Dispatcher:
     def _instance_element(self, inst: CimInstance, spellings: Mapping[str, str],
                           props: Tuple[str, ...] | None = None) -> Any:
         schema = self._all_props(inst.namespace, inst.class_name)
+        embedded = self._behaviour().embedded_objects
         if props is not None:
             frag = etree.Element(_q(NS_W, "XmlFragment"),
                                  nsmap={"xsi": NS_XSI, "w": NS_W, "m": NS_P, "cim": NS_CIM})
             projected = project(inst, props, None if not schema else _schema_view(schema))
             by_name = {p.name.lower(): p for p in schema}
             for name, value in projected.properties.items():
-                self._append_value(frag, name, by_name.get(name.lower()), value, inst.namespace)
+                self._append_value(frag, name, by_name.get(name.lower()), value, inst.namespace,
+                                   embedded=embedded)
             return frag
         class_uri = f"{WMI_URI_PREFIX}{self._ns_uri(inst.namespace, spellings)}/{inst.class_name}"
         nsmap = {"p": class_uri, "cim": NS_CIM, "xsi": NS_XSI}
@@ -973,10 +1162,11 @@ class Dispatcher:
         seen: set[str] = set()
         for p in schema:
             seen.add(p.name.lower())
-            self._append_value(el, _q(class_uri, p.name), p, inst.get(p.name), inst.namespace)
+            self._append_value(el, _q(class_uri, p.name), p, inst.get(p.name), inst.namespace,
+                               embedded=embedded)
         for name, value in inst.properties.items():
             if name.lower() not in seen and not name.startswith("__"):
-                self._append_value(el, _q(class_uri, name), None, value, inst.namespace)
+                self._append_value(el, _q(class_uri, name), None, value, inst.namespace, embedded=embedded)
         return el
 
     def _item_element(self, item: _Item, mode: str | None, spellings: Mapping[str, str],
@@ -1516,6 +1706,13 @@ class Dispatcher:
         t = pdef.cim_type
         try:
             if t == "reference":
+                if not _elements(el):
+                    # A REF parameter is an EPR in the method's schema (hyperv-wmi.md trap 3); a WMI
+                    # object-path string there, which DCOM clients such as os-win pass, is refused.
+                    raise WsmanFault("w:SchemaValidationError", TEXT_SCHEMA_VALIDATION,
+                                     wsman_code=ERROR_WSMAN_SCHEMA_VALIDATION_ERROR,
+                                     message=f"Parameter {pdef.name} is a reference: it needs an endpoint "
+                                             f"reference (a:Address and a:ReferenceParameters), not text. ")
                 return self._ref_from_epr(el)
             if t == "instance":
                 return self._decode_embedded(el, pdef, namespace)
@@ -1549,7 +1746,12 @@ class Dispatcher:
             node = kids[0]
             if _local(node).upper() == "INSTANCE":
                 return cimxml.parse_instance(node, namespace=namespace, class_lookup=lookup)
-            return self._instance_from_wsman(node, namespace)
+            # A WS-Man element tree (<p:Class><p:Prop>...) is not an embedded instance to Windows:
+            # it answers SchemaValidationError (hyperv-wmi.md §1.10, trap 2).
+            raise WsmanFault("w:SchemaValidationError", TEXT_SCHEMA_VALIDATION,
+                             wsman_code=ERROR_WSMAN_SCHEMA_VALIDATION_ERROR,
+                             message=f"Parameter {pdef.name} must hold CIM-XML INSTANCE text, not the element "
+                                     f"{_local(node)}. ")
         text = (el.text or "").strip()
         if not text:
             return None
@@ -1560,23 +1762,6 @@ class Dispatcher:
                              "corresponding XML schema definition. Change the XML and retry. ",
                              provider=True,
                              message=f"Parameter {pdef.name} must hold a CIM-XML INSTANCE: {exc}. ") from exc
-
-    def _instance_from_wsman(self, node: Any, namespace: str) -> CimInstance:
-        """An embedded instance sent as a WS-Man element tree (``<p:Class><p:Prop>...``)."""
-        cls = _local(node)
-        schema = {p.name.lower(): p for p in self._all_props(namespace, cls)}
-        cdef = self.repo.class_def(namespace, cls)
-        props: Dict[str, Any] = {}
-        for child in _elements(node):
-            name = _local(child)
-            pdef = schema.get(name.lower(), PropDef(name, "string"))
-            scalar = PropDef(pdef.name, pdef.cim_type, False, pdef.ref_class)
-            value = self._decode_param(child, scalar, namespace)
-            if pdef.is_array:
-                props.setdefault(pdef.name, []).append(value)
-            else:
-                props[pdef.name] = value
-        return CimInstance(cdef.name if cdef else cls, namespace, props)
 
 
 def _schema_view(props: Tuple[PropDef, ...], base: ClassDef | None = None) -> ClassDef:

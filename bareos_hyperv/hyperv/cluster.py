@@ -2,6 +2,16 @@
 
 A VM's Hyper-V objects exist only on its owner node, so everything that touches a
 clustered VM first asks the cluster where the VM lives (``hyperv-wmi.md`` §7.3).
+
+Two answers here must never be guessed, because a wrong guess sends the rest of a job
+to the wrong node without saying so:
+
+* whether a host is a cluster node (:func:`cluster_of`): only the faults that mean "no
+  such namespace or provider" make it standalone; access denied and anything else are
+  errors naming the host;
+* which node owns a VM (:func:`owner_node`): when the cluster's VM resources cannot be
+  read, the lookup fails with a :class:`ClusterLookupError` instead of answering "not
+  clustered".
 """
 
 from __future__ import annotations
@@ -13,9 +23,17 @@ from typing import Callable, Optional
 from bareos_hyperv.errors import HyperVError
 from bareos_hyperv.hyperv import constants as C
 from bareos_hyperv.model.cluster import ClusterFacts, ClusterNode, NodeState, SharedVolume, VmGroup
-from bareos_hyperv.wsman.cim import CimInstance, EndpointReference, parse_cimxml
+from bareos_hyperv.wsman.cim import CimInstance, CimValue, EndpointReference, parse_cimxml
 from bareos_hyperv.wsman.client import CimClient
-from bareos_hyperv.wsman.errors import InvalidFilterFault, NotFoundFault, TimedOutFault, WsmanFault
+from bareos_hyperv.wsman.errors import (
+    AccessDeniedFault,
+    CimDataError,
+    InvalidFilterFault,
+    NotFoundFault,
+    QuotaLimitFault,
+    TimedOutFault,
+    WsmanFault,
+)
 
 log = logging.getLogger("bareos_hyperv.hyperv.cluster")
 
@@ -35,16 +53,58 @@ class ClusterRoleError(HyperVError):
     """Making a VM highly available, moving its role or removing the role failed."""
 
 
+class ClusterAccessError(HyperVError):
+    """The account may not read the failover cluster's WMI namespace on a node."""
+
+
+class ClusterQueryError(HyperVError):
+    """A node's answer about the cluster could not be understood (not a "not clustered" answer)."""
+
+
+class ClusterLookupError(HyperVError):
+    """The cluster could not tell which node owns a VM, although the VM may be clustered."""
+
+
 def cluster_of(client: CimClient) -> Optional[CimInstance]:
     """The ``MSCluster_Cluster`` instance, or None when the host is not a cluster node.
 
-    A standalone host has no ``root/MSCluster`` namespace: WinRM answers with a
-    fault, which here means "not clustered" rather than an error.
+    A standalone host has no ``root/MSCluster`` namespace.  WinRM says so in several
+    ways (``a:`` or ``w:DestinationUnreachable``; ``w:InternalError`` carrying WMI's
+    invalid-namespace 0x8004100E as the WSManFault code, in ``__ExtendedStatus`` or in an
+    ``MSFT_WmiError`` directly under ``s:Detail``; ``CannotProcessFilter`` for a missing
+    class); :mod:`bareos_hyperv.wsman.faults` files all of them under NotFound or
+    InvalidFilter, and only those mean "not clustered".
+
+    :raises ClusterAccessError: the account lacks rights on ``root/MSCluster`` (all failover
+        cluster WMI needs local Administrators on the node, hyperv-wmi.md §7.5).
+    :raises QuotaLimitFault: WinRM's per-user quota is exhausted (its own category and advice,
+        passed on unchanged: it says nothing about the cluster and a later attempt may succeed).
+    :raises ClusterQueryError: any other fault, naming the host; guessing "standalone" here would
+        back up a clustered VM from the wrong node, or miss its owner's changes.
     """
     try:
         found = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER}")
-    except (NotFoundFault, InvalidFilterFault):
+    except (NotFoundFault, InvalidFilterFault) as exc:
+        log.debug("%s has no failover cluster namespace (%s): standalone host", client.host,
+                  exc.subcode or exc.wsman_code)
         return None
+    except AccessDeniedFault as exc:
+        raise ClusterAccessError(
+            f"the account may not read the failover cluster namespace root/MSCluster on {client.host}, so "
+            f"whether {client.host} is a cluster node cannot be told",
+            context={"host": client.host, "fault": exc.subcode or exc.code, "wsman_code": exc.wsman_code,
+                     "wmi_error": exc.wmi_error.summary() if exc.wmi_error else None},
+            what_to_do="use an account that is a local Administrator on every cluster node (failover cluster "
+            "WMI requires it) and may use WinRM there",
+        ) from exc
+    except QuotaLimitFault:
+        raise
+    except WsmanFault as exc:
+        raise ClusterQueryError(
+            f"could not tell whether {client.host} is a failover cluster node: {exc.message}",
+            context={"host": client.host},
+            what_to_do=exc.what_to_do,
+        ) from exc
     return found[0] if found else None
 
 
@@ -59,24 +119,61 @@ def _int_or(value: Optional[int], default: int) -> int:
     return default if value is None else value
 
 
-def _vm_id(resource: CimInstance) -> Optional[str]:
-    # PrivateProperties is an embedded MSCluster_Property; depending on the WinRM
-    # version it arrives as a nested element or as CIM-XML text.
-    props = resource.get("PrivateProperties")
-    if isinstance(props, str) and props.lstrip().startswith("<"):
-        props = parse_cimxml(props)
-    if isinstance(props, CimInstance):
-        vm_id = props.opt_str("VmId")
-        return vm_id.upper() if vm_id else None
+# The member of MSCluster_Resource.PrivateProperties naming the VM: spelled VmID by the cluster
+# and by Hyper-V Manager (Microsoft.Virtualization.Client.Management, MSClusterResourceBaseView:
+# VMComputerSystemInstanceId = "VmID"), VmId by Microsoft's private-properties page; CIM names
+# are case-insensitive and so is the lookup.
+_VM_ID = "VmID"
+
+
+def _private_vm_id(value: CimValue, depth: int = 0) -> Optional[str]:
+    """The VM GUID inside one rendering of PrivateProperties, or None.
+
+    ``PrivateProperties`` is an embedded ``MSCluster_Property`` object.  WinRM renders it as
+    CIM-XML ``INSTANCE`` text (escaped), as a nested element whose children are the members,
+    or as a nested element wrapping one element named after the class; all are read here.
+    """
+    if isinstance(value, list):
+        return next((v for v in (_private_vm_id(item, depth) for item in value) if v), None)
+    if isinstance(value, str):
+        if not value.lstrip().startswith("<"):
+            return None
+        try:
+            value = parse_cimxml(value)
+        except CimDataError:
+            return None
+    if not isinstance(value, CimInstance):
+        return None
+    direct = value.get(_VM_ID)
+    if isinstance(direct, str) and direct.strip():
+        return direct.strip().strip("{}").upper()
+    if depth < 2:  # the class-named wrapper, at most once more
+        for _name, inner in value.items():
+            found = _private_vm_id(inner, depth + 1)
+            if found:
+                return found
     return None
 
 
+def _vm_id(resource: CimInstance) -> Optional[str]:
+    """The GUID of the VM a ``Virtual Machine`` resource stands for (None: not readable)."""
+    return _private_vm_id(resource.get("PrivateProperties"))
+
+
+def _vm_resources(client: CimClient) -> list[CimInstance]:
+    return client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_RESOURCE} WHERE Type = "
+                        f"{C.wql_literal(C.RESOURCE_TYPE_VM)}")
+
+
 def vm_groups(client: CimClient) -> list[VmGroup]:
-    """Every VM role of the cluster with its VM GUID and owner node (two round trips)."""
+    """Every VM role of the cluster with its VM GUID and owner node (two round trips).
+
+    A role whose VM resource carries no readable VM id keeps ``vm_guid=None`` and is logged
+    as a warning, so that the gap never passes unnoticed.
+    """
     groups = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_GROUP} WHERE GroupType = "
                           f"{C.wql_literal(C.GROUP_TYPE_VIRTUAL_MACHINE)}")
-    resources = client.query(C.NS_CLUSTER, f"SELECT * FROM {C.CLUSTER_RESOURCE} WHERE Type = "
-                             f"{C.wql_literal(C.RESOURCE_TYPE_VM)}")
+    resources = _vm_resources(client)
     vm_of_group: dict[str, str] = {}
     names_of_group: dict[str, list[str]] = {}
     for res in resources:
@@ -85,6 +182,9 @@ def vm_groups(client: CimClient) -> list[VmGroup]:
         vm_id = _vm_id(res)
         if vm_id:
             vm_of_group[group] = vm_id
+        else:
+            log.warning("cluster resource '%s' on %s carries no readable VM id (PrivateProperties.%s): its "
+                        "role's VM is unknown", res.opt_str("Name"), client.host, _VM_ID)
     result = []
     for g in groups:
         name = g.opt_str("Name") or ""
@@ -103,11 +203,50 @@ def vm_groups(client: CimClient) -> list[VmGroup]:
 
 
 def owner_node(client: CimClient, vm_guid: str) -> Optional[str]:
-    """The node that currently owns a clustered VM, or None when the VM is not clustered."""
-    for group in vm_groups(client):
-        if (group.vm_guid or "").upper() == vm_guid.upper():
-            return group.owner_node
-    return None
+    """The node that currently owns a clustered VM, or None when the VM is not clustered.
+
+    Found the way other clients do it (os-win ``ClusterUtils.get_vm_host``): the VM's
+    resource group, and that group's ``OwnerNode``.  The group is the VM's ``Virtual
+    Machine`` resource's ``OwnerGroup``, the resource the one whose ``PrivateProperties``
+    name the VM (two round trips).  None is answered only when every VM resource could be
+    read and none is this VM's.
+
+    :raises ClusterLookupError: a VM resource's VM id cannot be read (so this VM may be
+        clustered), or the group of the VM's resource cannot be found.
+    """
+    wanted = vm_guid.strip().strip("{}").upper()
+    unreadable: list[str] = []
+    group_name: Optional[str] = None
+    for res in _vm_resources(client):
+        vm_id = _vm_id(res)
+        if vm_id is None:
+            unreadable.append(res.opt_str("Name") or "?")
+        elif vm_id == wanted:
+            group_name = res.opt_str("OwnerGroup") or ""
+            break
+    context = {"host": client.host, "vm": vm_guid}
+    if group_name is None:
+        if unreadable:
+            raise ClusterLookupError(
+                f"cannot tell which cluster node owns VM {vm_guid}: the VM id (PrivateProperties.{_VM_ID}) of "
+                f"cluster resource(s) {', '.join(repr(n) for n in unreadable)} cannot be read on {client.host}",
+                context=context,
+                what_to_do="check the VM roles in Failover Cluster Manager and that WinRM on the node returns "
+                "MSCluster_Resource.PrivateProperties; report the host's Windows version if it does",
+            )
+        return None
+    try:
+        group = client.get(_group_ref(group_name)) if group_name else None
+    except NotFoundFault:
+        group = None
+    owner = (group.opt_str("OwnerNode") or "").upper() if group is not None else ""
+    if not owner:
+        raise ClusterLookupError(
+            f"VM {vm_guid} belongs to cluster role '{group_name}', whose owner node {client.host} could not read",
+            context={**context, "role": group_name},
+            what_to_do="the role may be moving or being removed: check it in Failover Cluster Manager and retry",
+        )
+    return owner
 
 
 def _links(client: CimClient, assoc_class: str) -> dict[str, list[EndpointReference]]:

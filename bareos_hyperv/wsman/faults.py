@@ -5,6 +5,15 @@ for its category) carrying the SOAP code/subcode, reason, ``w:FaultDetail``, the
 Microsoft ``f:WSManFault`` code, machine and message, the provider fault, and the
 WMI error object (``__ExtendedStatus`` or ``MSFT_WmiError``) where present, plus the
 host, action and resource URI of the request that failed.
+
+The WMI error object is looked for wherever WinRM puts it: inside
+``f:ProviderFault/f:ExtendedError`` (WinRM 2.0, ``winrb-soap_fault_v2.xml``) and directly
+under ``s:Detail`` with no ``f:WSManFault`` at all (pywinrm 0.5.0 reads
+``s:Detail/MSFT_WmiError/error_Code`` there, and its recorded fault carries nothing else).
+A generic subcode (``w:InternalError``, or one we do not know) is refined by the codes the
+fault carries, because WinRM wraps the same WMI condition in several ways: WMI's
+invalid-namespace/class codes mean "not found", its access-denied codes "access
+denied", WinRM's per-user quota codes their own category.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from typing import Dict, Type
 
 from lxml import etree
 
-from bareos_hyperv.wsman.cim import CimInstance, child_elements, parse_wsman_instance
+from bareos_hyperv.wsman.cim import CimInstance, child_elements, localname, namespace_of, parse_wsman_instance
 from bareos_hyperv.wsman.errors import (
     AccessDeniedFault,
     EncodingLimitFault,
@@ -24,6 +33,7 @@ from bareos_hyperv.wsman.errors import (
     InvalidParameterFault,
     InvalidSelectorsFault,
     NotFoundFault,
+    QuotaLimitFault,
     SchemaValidationFault,
     TimedOutFault,
     WmiError,
@@ -52,7 +62,31 @@ _BY_SUBCODE: Dict[str, Type[WsmanFault]] = {
     "SchemaValidationError": SchemaValidationFault,
     "InvalidMessageInformationHeader": InvalidHeaderFault,
     "InternalError": InternalErrorFault,
+    "QuotaLimit": QuotaLimitFault,  # DSP0226 wsman:QuotaLimit; [MS-WSMV] 3.1.4.5.2.1
 }
+
+# Codes that say what a generic fault really is (WbemCli.h "WMI Error Constants"; wsmerror.h as
+# PowerShell's CimChildJobBase.cs copies it, which sleeps and retries on exactly these quota codes).
+_NO_SUCH_NAMESPACE_CODES = frozenset({
+    0x8004100E,  # WBEM_E_INVALID_NAMESPACE
+    0x80041010,  # WBEM_E_INVALID_CLASS
+    0x80041011,  # WBEM_E_PROVIDER_NOT_FOUND
+})
+_ACCESS_DENIED_CODES = frozenset({
+    0x80041003,  # WBEM_E_ACCESS_DENIED
+    0x80070005,  # E_ACCESSDENIED
+})
+_QUOTA_CODES = frozenset({
+    0x8033803F,  # ERROR_WSMAN_QUOTA_LIMIT
+    0x803381A5, 0x803381A6, 0x803381A7, 0x803381A8,  # MAX_SHELLS, MAX_OPERATIONS, USER, SYSTEM
+    0x803381AB,  # MAX_SHELLUSERS
+    0x803381E4, 0x803381E5, 0x803381E6, 0x803381E7, 0x803381E8, 0x803381E9, 0x803381EA,  # the *_PPQ family
+})
+# DSP0200 CIM status codes of MSFT_WmiError.CIMStatusCode
+_CIM_ACCESS_DENIED = 2
+_CIM_INVALID_NAMESPACE = 3
+_CIM_INVALID_CLASS = 5
+_CIM_SERVER_LIMITS_EXCEEDED = 27
 
 _BY_WSMAN_CODE: Dict[int, Type[WsmanFault]] = {
     WSMAN_CODE_NOT_FOUND: NotFoundFault,
@@ -83,38 +117,86 @@ def _own_text(element: etree._Element) -> str | None:
     return _clean("".join(parts))
 
 
+_WMI_ERROR_CLASSES = frozenset({"__extendedstatus", "msft_wmierror", "cim_error", "msvm_error"})
+_HRESULT_IN_TEXT = re.compile(r"0x([0-9a-fA-F]{8})")
+
+
+def _wmi_error_elements(detail: etree._Element) -> list[etree._Element]:
+    """Every WMI error object in ``s:Detail``, whatever its placement."""
+    found: list[etree._Element] = []
+    for ext in detail.iter(f"{{{NS_WSMAN_FAULT}}}ExtendedError"):
+        found.extend(child_elements(ext))
+    for child in child_elements(detail):
+        # directly under s:Detail: anything but the WS-Man parts is the WMI error object
+        if namespace_of(child) not in (NS_WSMAN, NS_WSMAN_FAULT):
+            found.append(child)
+    for el in detail.iter():
+        if isinstance(el.tag, str) and localname(el).lower() in _WMI_ERROR_CLASSES and el not in found:
+            found.append(el)
+    return found
+
+
 def _wmi_error(fault_el: etree._Element) -> WmiError | None:
-    ext = fault_el.find(f".//{{{NS_WSMAN_FAULT}}}ExtendedError")
-    if ext is None:
+    """The WMI error object of a fault; several placements are merged, the first value of each field wins."""
+    detail = fault_el.find(f"{{{NS_SOAP}}}Detail")
+    if detail is None:
         return None
-    obj_el = next(child_elements(ext), None)
-    if obj_el is None:
+    instances: list[CimInstance] = [parse_wsman_instance(el) for el in _wmi_error_elements(detail)]
+    if not instances:
         return None
-    inst: CimInstance = parse_wsman_instance(obj_el)
 
     def text(*names: str) -> str | None:
-        for name in names:
-            value = inst.get(name)
-            if isinstance(value, str) and value.strip():
-                return _clean(value)
+        for inst in instances:
+            for name in names:
+                value = inst.get(name)
+                if isinstance(value, str) and value.strip():
+                    return _clean(value)
         return None
 
-    status: int | None = None
-    for name in ("StatusCode", "error_Code", "CIMStatusCode"):
-        raw = inst.get(name)
-        if isinstance(raw, str) and _int(raw.strip()) is not None:
-            status = _int(raw.strip())
-            break
+    def number(*names: str) -> int | None:
+        for inst in instances:
+            for name in names:
+                raw = inst.get(name)
+                if isinstance(raw, str) and _int(raw.strip()) is not None:
+                    return _int(raw.strip())
+        return None
+
+    message_id = text("MessageID")
+    status = number("StatusCode", "error_Code")
+    if status is None and message_id:
+        # "HRESULT 0x803381a6": the code when error_Code is missing
+        match = _HRESULT_IN_TEXT.search(message_id)
+        status = int(match.group(1), 16) if match else None
+    properties: Dict[str, object] = {}
+    for inst in reversed(instances):
+        properties.update(inst.items())
     return WmiError(
-        class_name=inst.class_name,
+        class_name=instances[0].class_name,
         description=text("Description", "Message", "error_WindowsErrorMessage"),
         operation=text("Operation", "error_WinMgmtOperation"),
-        parameter_info=text("ParameterInfo"),
+        parameter_info=text("ParameterInfo", "ErrorSource"),
         provider_name=text("ProviderName", "error_WinMgmtProviderName", "OwningEntity"),
         status_code=status,
-        message_id=text("MessageID"),
-        properties={name: value for name, value in inst.items()},
+        message_id=message_id,
+        properties=properties,
+        cim_status_code=number("CIMStatusCode"),
+        error_type=text("error_Type"),
     )
+
+
+def _refined(cls: Type[WsmanFault], wsman_code: int | None, wmi_error: WmiError | None) -> Type[WsmanFault]:
+    """The category a generic fault (``w:InternalError``, unknown subcode) really belongs to."""
+    if cls not in (WsmanFault, InternalErrorFault):
+        return cls
+    codes = {c & 0xFFFFFFFF for c in (wsman_code, wmi_error.status_code if wmi_error else None) if c is not None}
+    cim = wmi_error.cim_status_code if wmi_error else None
+    if codes & _QUOTA_CODES or cim == _CIM_SERVER_LIMITS_EXCEEDED:
+        return QuotaLimitFault
+    if codes & _ACCESS_DENIED_CODES or cim == _CIM_ACCESS_DENIED:
+        return AccessDeniedFault
+    if codes & _NO_SUCH_NAMESPACE_CODES or cim in (_CIM_INVALID_NAMESPACE, _CIM_INVALID_CLASS):
+        return NotFoundFault
+    return cls
 
 
 def find_fault(envelope: etree._Element) -> etree._Element | None:
@@ -160,7 +242,9 @@ def parse_fault(
         ns = fault_el.nsmap.get(prefix)
         if ns not in (None, NS_WSMAN, NS_ADDRESSING, NS_ENUMERATION, NS_SOAP):
             name = None
+    wmi_error = _wmi_error(fault_el)
     cls = _BY_SUBCODE.get(name or "") or _BY_WSMAN_CODE.get(wsman_code or -1) or WsmanFault
+    cls = _refined(cls, wsman_code, wmi_error)
     return cls(
         host=host,
         action=action,
@@ -176,7 +260,7 @@ def parse_fault(
         provider=provider,
         provider_path=provider_path,
         provider_message=provider_message,
-        wmi_error=_wmi_error(fault_el),
+        wmi_error=wmi_error,
     )
 
 
@@ -194,6 +278,7 @@ __all__ = [
     "InvalidParameterFault",
     "InvalidSelectorsFault",
     "NotFoundFault",
+    "QuotaLimitFault",
     "SchemaValidationFault",
     "TimedOutFault",
     "WmiError",

@@ -857,6 +857,12 @@ def _convert_to_rp(c: Call) -> MethodOutcome:
     vm, snap, _cfg = c.repo.find_config(c.p.get("AffectedSnapshot"), "AffectedSnapshot")
     if snap is None:
         return MethodOutcome(C_INVALID_PARAMETER)
+    if c.p.get("ReferencePointSettings") not in (None, ""):
+        # Windows refuses reference-point settings here although the MOF declares the parameter;
+        # Microsoft's own backup sample (Convert-VmBackupCheckpoint) passes the checkpoint only, and
+        # the older clushyperv page calls the parameter optional, "may be an empty string".  How the
+        # refusal looks is not captured: Invalid Parameter (4) with no job, as for other bad input.
+        return MethodOutcome(C_INVALID_PARAMETER)
     if snap.vtype != VST_RECOVERY:
         return c.failed_job(32773, (
             f"Checkpoint '{snap.config.vssd.get('ElementName')}' is not a recovery checkpoint "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from hvsim.behaviour import WinrmBehaviour
 from hvsim.cim import (
     NS_CIMV2,
     NS_CLUSTER,
@@ -165,6 +166,11 @@ class NodeRepository:
         if self.node.cluster:
             out.insert(1, NS_CLUSTER)
         return out
+
+    @property
+    def winrm(self) -> WinrmBehaviour:
+        """How this node's WinRM answers where real hosts differ (read by the dispatcher)."""
+        return self.node.winrm
 
     @property
     def product_version(self) -> str:
@@ -556,13 +562,17 @@ class NodeRepository:
                           ("PartComponent", gref), self.node.name))
         vm_name = vm.name if vm is not None else g.name
         store = str(vm.config.vssd.get("ConfigurationDataRoot") or "") if vm is not None else ""
+        # The member is spelled VmID, as the cluster database and Hyper-V Manager's
+        # Microsoft.Virtualization.Client.Management spell it (MSClusterResourceBaseView:
+        # VMComputerSystemInstanceId = "VmID"); Microsoft's private-properties page writes VmId.
+        # Both resources of a VM role carry it (MSClusterVMOrConfigurationResourceView).
         resources: list[tuple[str, str, str, dict[str, Any]]] = [
             (f"Virtual Machine {vm_name}", "Virtual Machine", g.vm_resource_id, {
-                "VmId": g.vm_id, "OfflineAction": g.offline_action, "ShutdownAction": 0, "CheckHeartbeat": 1,
+                "VmID": g.vm_id, "OfflineAction": g.offline_action, "ShutdownAction": 0, "CheckHeartbeat": 1,
                 "MigrationState": 0, "MigrationProgress": 0, "DefaultMoveType": 4294967295,
                 "VmState": vm_state}),
             (f"Virtual Machine Configuration {vm_name}", "Virtual Machine Configuration",
-             g.config_resource_id, {"VmId": g.vm_id, "VmStoreRootPath": store,
+             g.config_resource_id, {"VmID": g.vm_id, "VmStoreRootPath": store,
                                     "DependsOnSharedVolumes": [], "VmPhysicalDisks": []}),
         ]
         for rname, rtype, rid, private in resources:

@@ -314,7 +314,7 @@ CLUSTER_CLASSES: tuple[ClassDef, ...] = (
           _method("TakeOffline", ("TimeOut:uint32",)),
           _method("UpdateVirtualMachine"))),
     _cls("MSCluster_Property", None, (),
-         ("VmId:string", "OfflineAction:uint32", "ShutdownAction:uint32", "CheckHeartbeat:uint32",
+         ("VmID:string", "OfflineAction:uint32", "ShutdownAction:uint32", "CheckHeartbeat:uint32",
           "MigrationState:uint32", "MigrationProgress:uint32", "DefaultMoveType:uint32", "VmState:uint32",
           "VmStoreRootPath:string", "DependsOnSharedVolumes:string[]", "VmPhysicalDisks:string[]")),
     _cls("MSCluster_ClusterSharedVolume", None, ("Name",),

@@ -28,6 +28,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Callable
 
 from hvsim import disks
+from hvsim.behaviour import WinrmBehaviour
 from hvsim.cim import NS_VIRT, CimRef
 from hvsim.faults import FaultPlan
 from hvsim.fs import ClusterFileSystem
@@ -122,6 +123,8 @@ class Node:
     cluster: str | None = None
     state: int = 0  # MSCluster_Node.State: 0 Up
     node_id: int = 1
+    # how this node's WinRM answers where real hosts differ (hvsim.behaviour)
+    winrm: WinrmBehaviour = field(default_factory=WinrmBehaviour)
 
     @property
     def os_caption(self) -> str:

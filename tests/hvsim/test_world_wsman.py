@@ -141,6 +141,6 @@ def test_cluster_classes_through_soap(world: World) -> None:
     res = hv02.wql("SELECT * FROM MSCluster_Resource WHERE Type = 'Virtual Machine'", CL + "*")
     assert len(res) == 3
     private = _text(res[0], "PrivateProperties") or ""
-    assert "VmId" in private
+    assert 'NAME="VmID"' in private  # the member name as the cluster spells it
     parts = hv02.wql("SELECT * FROM MSCluster_DiskPartition", CL + "*")
     assert sorted(_text(p, "Path") for p in parts) == ["C:\\ClusterStorage\\Volume1", "C:\\ClusterStorage\\Volume2"]
