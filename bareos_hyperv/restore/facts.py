@@ -32,12 +32,13 @@ from bareos_hyperv.storage.locations import InvalidPathError, LocationResolver
 from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.errors import AccessDeniedFault, InvalidFilterFault, NotFoundFault
 
-__all__ = ["FolderSource", "gather_destination", "host_memory_mb", "list_folders"]
+__all__ = ["FolderSource", "gather_destination", "host_logical_processors", "host_memory_mb", "list_folders"]
 
 log = logging.getLogger(__name__)
 
 NS_CIMV2 = "root/cimv2"
 _MEMORY_QUERY = "SELECT * FROM Win32_OperatingSystem"  # TotalVisibleMemorySize: KiB, on Windows and hvsim
+_PROCESSOR_QUERY = "SELECT * FROM Win32_ComputerSystem"  # NumberOfLogicalProcessors
 
 # The folders to list: given outright, or computed from the destination read so far (the planner's
 # folders depend on the cluster's CSVs and the chosen node, not on which files exist).
@@ -57,6 +58,16 @@ def host_memory_mb(client: CimClient) -> Optional[int]:
         return None
     kib = found[0].opt_int("TotalVisibleMemorySize") if found else None
     return None if kib is None else kib // 1024
+
+
+def host_logical_processors(client: CimClient) -> Optional[int]:
+    """The host's logical processors (``Win32_ComputerSystem.NumberOfLogicalProcessors``), None when unknown."""
+    try:
+        found = client.query(NS_CIMV2, _PROCESSOR_QUERY)
+    except (NotFoundFault, InvalidFilterFault, AccessDeniedFault) as exc:
+        log.debug("logical processors of %s unknown: %s", client.host, exc)
+        return None
+    return found[0].opt_int("NumberOfLogicalProcessors") if found else None
 
 
 def list_folders(storage: Storage, resolver: LocationResolver,
@@ -95,7 +106,8 @@ def _destination(connector: Connector, host: str, inventory: Inventory) -> Desti
         up = cluster is None or states.get(facts.name.upper()) is NodeState.UP
         memory = host_memory_mb(connector.client(facts.name))
         # Logical processors: no class the simulator and Hyper-V both offer (module docstring).
-        hosts.append(DestinationHost(facts=facts, logical_processors=None, memory_mb=memory, up=up))
+        processors = host_logical_processors(connector.client(facts.name))
+        hosts.append(DestinationHost(facts=facts, logical_processors=processors, memory_mb=memory, up=up))
     vms = []
     for vm in inventory.vms:
         group = cluster.group_of(vm.ref.guid) if cluster is not None else None

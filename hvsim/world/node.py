@@ -309,7 +309,12 @@ class NodeRepository:
             "Caption": n.os_caption, "Name": name, "Version": n.os_version,
             "BuildNumber": str(n.build), "CSName": n.name, "OSArchitecture": "64-bit",
             "TotalVisibleMemorySize": n.memory_mb * 1024, "FreePhysicalMemory": n.memory_mb * 512,
-        }, CimRef(NS_CIMV2, "Win32_OperatingSystem", (("Name", name),)))]
+        }, CimRef(NS_CIMV2, "Win32_OperatingSystem", (("Name", name),))),
+            # learn.microsoft.com/windows/win32/cimwin32prov/win32-computersystem: NumberOfLogicalProcessors
+            _inst(NS_CIMV2, "Win32_ComputerSystem", {
+                "Name": n.name, "NumberOfLogicalProcessors": n.logical_processors,
+                "TotalPhysicalMemory": n.memory_mb * 1024 * 1024, "Domain": "example.test",
+            }, CimRef(NS_CIMV2, "Win32_ComputerSystem", (("Name", n.name),)))]
 
     def _render_virt(self) -> list[CimInstance]:
         w, n, host = self.world, self.node, self.node.name

@@ -346,6 +346,8 @@ CIMV2_CLASSES: tuple[ClassDef, ...] = (
          ("Caption:string", "Name:string", "Version:string", "BuildNumber:string", "CSName:string",
           "OSArchitecture:string", "TotalVisibleMemorySize:uint64", "FreePhysicalMemory:uint64",
           "LastBootUpTime:datetime")),
+    _cls("Win32_ComputerSystem", None, ("Name",),
+         ("Name:string", "NumberOfLogicalProcessors:uint32", "TotalPhysicalMemory:uint64", "Domain:string")),
 )
 
 SCHEMAS: dict[str, dict[str, ClassDef]] = {

@@ -94,7 +94,9 @@ def test_cluster_destination_and_plans_against_it(sim: Simulation) -> None:
         trips = conn.round_trips - before
     assert dest.entry == "HVCLUSTER01" and dest.cluster is not None and dest.cluster.name == "HVCLUSTER01"
     assert [h.name for h in dest.hosts] == ["HV01", "HV02"]
-    assert all(h.up and h.logical_processors is None for h in dest.hosts)
+    assert all(h.up for h in dest.hosts)
+    assert [h.logical_processors for h in dest.hosts] == [sim.world.nodes[n].logical_processors
+                                                           for n in ("HV01", "HV02")]
     assert [h.memory_mb for h in dest.hosts] == [sim.world.nodes[n].memory_mb for n in ("HV01", "HV02")]
     assert seen and not seen[0].existing_files  # folders were chosen before any listing
     web = next(v for v in dest.vms if v.name == "web01")
@@ -103,7 +105,8 @@ def test_cluster_destination_and_plans_against_it(sim: Simulation) -> None:
     for path in web.disk_paths:
         assert path_key(path) in dest.existing_files
     assert dest.unlisted == {}
-    assert trips == inventory_trips + len(dest.hosts)  # the inventory and one memory query per node
+    # the inventory, and one memory and one processor query per node
+    assert trips == inventory_trips + 2 * len(dest.hosts)
 
     plan = make_plan(manifest, options, dest, job_id=9)
     assert not plan.ok  # web01 is still registered: keep the ID, overwrite or copy?
