@@ -2,14 +2,18 @@
 #   make demo   - run the main job against the built-in simulated cluster
 #   make test   - lint, type-check and run every test
 #   make bench  - long benchmarks (throughput ratios against Samba's own client)
+#   make dist   - wheel and sdist of the product into dist/ (no test rig)
+#   make deb    - the Debian package bareos-filedaemon-hyperv-python-plugin into dist/
+#                 (its Python dependencies from PyPI; DEB_ARGS="--deps-from .venv/bin/python" offline)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_PACKAGES := samba smbclient qemu-utils
+# python3-venv: the Debian package's private environment is made with Debian's python3 (tests/packaging).
+DEB_PACKAGES := samba smbclient qemu-utils python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps debs venv lint typecheck test unit test-py39 demo bench clean
+.PHONY: all deps debs venv lint typecheck test unit test-py39 demo bench clean dist deb
 
 all: test
 
@@ -22,7 +26,7 @@ debs:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -59,5 +63,13 @@ demo: deps
 bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 
+# The packages an administrator installs (docs/install.md).
+dist: venv
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+
+deb: dist
+	$(PY) packaging/debian/build.py --wheel $$(ls dist/bareos_hyperv-*-py3-none-any.whl) --output dist $(DEB_ARGS)
+
 clean:
-	rm -rf $(VENV) .venv39 build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv39 build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
