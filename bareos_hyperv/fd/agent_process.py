@@ -182,7 +182,10 @@ class AgentProcess:
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr,
-                pass_fds=(theirs.fileno(),), env=self._environment(), close_fds=True, start_new_session=True)
+                pass_fds=(theirs.fileno(),), env=self._environment(), close_fds=True, start_new_session=True,
+                # `python -m` puts the working directory first on sys.path: the fd's directory must not
+                # be able to shadow the package or its dependencies.
+                cwd="/")
         except OSError as exc:
             ours.close()
             raise ConfigurationError(f"cannot start the agent with agent_python {self.python}: "
