@@ -3,6 +3,7 @@
 #   make test   - lint, type-check and run every test
 #   make bench  - long benchmarks (throughput ratios against Samba's own client)
 #   make dist   - wheel and sdist of the product into dist/ (no test rig)
+#   make manual - the manual (docs/manual, Sphinx, warnings as errors) into build/manual/
 #   make deb    - the Debian package bareos-filedaemon-hyperv-python-plugin into dist/
 #                 (its Python dependencies from PyPI; DEB_ARGS="--deps-from .venv/bin/python" offline)
 
@@ -13,7 +14,7 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := samba smbclient qemu-utils python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps debs venv lint typecheck test unit test-py39 demo bench clean dist deb
+.PHONY: all deps debs venv lint typecheck test unit test-py39 demo bench clean dist deb manual
 
 all: test
 
@@ -70,6 +71,13 @@ dist: venv
 
 deb: dist
 	$(PY) packaging/debian/build.py --wheel $$(ls dist/bareos_hyperv-*-py3-none-any.whl) --output dist $(DEB_ARGS)
+
+# The manual: reStructuredText in docs/manual; options.rst and troubleshooting.rst are generated from
+# the code by docs/manual/generate.py (tests/docs checks they are current).
+manual: venv
+	$(PY) docs/manual/generate.py
+	$(PY) -m sphinx -W --keep-going -q -b html docs/manual build/manual
+	@echo "manual: build/manual/index.html"
 
 clean:
 	rm -rf $(VENV) .venv39 build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

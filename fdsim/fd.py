@@ -15,6 +15,7 @@ no estimate) the docstrings say so.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import threading
 import time
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple, Union
 
+from fdsim.breg import BRegexp, apply_bregexps, build_where, parse_bregexps
+from fdsim.dirconf import fileset_plugin_strings
 from fdsim.interp import GuestDied, SubInterpreter
 from fdsim.plugstring import (
     PluginDefinition,
@@ -52,6 +55,9 @@ SAVED_TYPES = frozenset({bfd.FT_LNKSAVED, bfd.FT_REGE, bfd.FT_REG, bfd.FT_LNK, b
                          bfd.FT_RAW, bfd.FT_FIFO, bfd.FT_REPARSE, bfd.FT_JUNCTION, bfd.FT_DELETED})
 NOT_ACCESSIBLE_TYPES = frozenset({bfd.FT_NOACCESS, bfd.FT_NOFOLLOW, bfd.FT_NOSTAT, bfd.FT_NOOPEN})
 MAX_XATTR_CALLS = 10000
+# How often a core read waiting on an empty do-in-core pipe looks for a cancel (the real fd's
+# TIMEOUT_SIGNAL interrupts it at once).
+CANCEL_POLL_MS = 50
 
 # FO bit numbers inside SavePacket.flags (include/fileopts.h)
 FO_PORTABLE_DATA, FO_SPARSE, FO_MTIMEONLY, FO_ACL, FO_NOATIME = 0, 5, 11, 14, 22
@@ -60,6 +66,25 @@ PLUGIN_SETTABLE_BITS = (FO_DELTA, FO_OFFSETS, FO_SPARSE, FO_PORTABLE_DATA)
 
 MESSAGE_NAMES = {v: k.decode() for k, v in bfd.bJobMessageType.items()}
 LOG_PREFIX = {bfd.M_FATAL: "Fatal error: ", bfd.M_ERROR: "Error: ", bfd.M_WARNING: "Warning: "}
+
+# -- the storage-daemon phase of a backup (reference §12) ------------------------------------------
+# dird backup.cc DoNativeBackup sends the fd "storage address=..." after the fileset, the
+# pluginoptions and the previous job's restore objects, and before the runscripts, the accurate
+# list and the "backup" command.  filed dir_cmd.cc StorageCmd connects to the SD and authenticates
+# (AuthenticateWithStoragedaemon); lib/bsock.cc BareosSocket::TwoWayAuthenticate refuses at once with
+# an M_FATAL when the job is canceled, i.e. after any M_FATAL of the job (lib/message.cc Jmsg: M_FATAL
+# sets JS_FatalError, and JobCanceled() is true from then on).  StorageCmd logs its own fatal line and
+# answers "2902 Bad storage"; the director's response() (dird getmsg.cc) logs the third line and
+# DoNativeBackup bails out: no "backup" command, so no bEventStartBackupJob and no bEventEndBackupJob;
+# filed process_director_commands still raises bEventJobEnd, which GeneratePluginEvent suppresses
+# for the canceled job.
+SD_AUTH_CANCELED = "TwoWayAuthenticate failed, because job was canceled.\n"
+SD_AUTH_FAILED = "Failed to authenticate Storage daemon.\n"
+DIR_BAD_STORAGE = "Bad response to Storage command: wanted 2000 OK storage, got 2902 Bad storage\n"
+# Measured on a real 25.1 director + SD + fd (reference §12): a job canceled before its SD
+# handshake takes about 36 s to end (director and SD giving up on the session).  fdsim records this
+# time in JobResult.modelled_seconds instead of sleeping.
+CANCELED_BEFORE_STORAGE_SECONDS = 36.0
 
 
 class FdSimError(RuntimeError):
@@ -104,7 +129,8 @@ class JobMessage:
 
     type: int
     text: str
-    source: str = "core"  # "plugin" for bareosfd.JobMessage, "core" for the fd's own
+    # "plugin" for bareosfd.JobMessage, "core" for the fd's own, "director" for the director's
+    source: str = "core"
 
     @property
     def type_name(self) -> str:
@@ -112,7 +138,77 @@ class JobMessage:
 
     def render(self, jobid: int) -> str:
         prefix = "python3-fd-mod: " if self.source == "plugin" else ""
-        return f"fdsim-fd JobId {jobid}: {LOG_PREFIX.get(self.type, '')}{prefix}{self.text}".rstrip("\n")
+        daemon = "fdsim-dir" if self.source == "director" else "fdsim-fd"
+        return f"{daemon} JobId {jobid}: {LOG_PREFIX.get(self.type, '')}{prefix}{self.text}".rstrip("\n")
+
+
+# -- the director's job report (dird backup.cc NativeBackupCleanup/GenerateBackupSummary, dird
+# restore.cc NativeRestoreCleanup/GenerateRestoreSummary) ---------------------------------------------
+# lib/util.cc JobstatusToAscii: the report's "FD termination status" of the fd's JobStatus ("" when the
+# director never heard from the fd: FDJobStatus keeps its initial 0).
+JOB_STATUS_TEXT = {"T": "OK", "W": "OK -- with warnings", "E": "Error", "f": "Fatal Error", "A": "Canceled",
+                   "": ""}
+LEVEL_TEXT = {"F": "Full", "I": "Incremental", "D": "Differential"}  # lib/util.cc job_level_to_str
+BACKUP_TERMINATION = {"T": "Backup OK", "W": "Backup OK -- with warnings", "E": "*** Backup Error ***",
+                      "f": "*** Backup Error ***", "A": "Backup Canceled"}
+RESTORE_TERMINATION = {"T": "Restore OK", "W": "Restore OK -- with warnings", "E": "*** Restore Error ***",
+                       "f": "*** Restore Error ***", "A": "Restore Canceled"}
+# dird backup.cc WaitForJobTermination, when no EndJob came from the fd (after a cancel, dird
+# fd_cmds.cc CancelFileDaemonJob terminates the job's fd connection and signals the waiting thread).
+NO_FD_STATUS = "No Job status returned from FD.\n"
+
+
+def _commas(n: int) -> str:
+    """lib/edit.cc edit_uint64_with_commas."""
+    return f"{n:,}"
+
+
+@dataclass
+class JobReport:
+    """The director's end-of-job report, what an administrator reads in the job log or the mail.
+
+    ``job_status`` is the Job's final JobStatus in the catalog (``W`` for a backup that ended OK
+    with errors counted); ``errors`` is the director's jcr->JobErrors: its own plus, once the fd's
+    EndJob arrived, the fd's (backup.cc WaitForJobTermination), printed as "Non-fatal FD errors"
+    (backup) or "FD Errors" (restore).  ``files``/``bytes`` are the fd's JobFiles/JobBytes from its
+    EndJob ("FD Files Written" / "Files Restored"): 0 when no EndJob arrived (canceled jobs).
+    ``messages`` are the lines the director logs when the job ends, before the report (they are not
+    in :attr:`JobResult.messages`, which holds what was logged while the job ran).
+    """
+
+    jobid: int
+    job: str
+    job_type: str  # 'B' or 'R'
+    level: str
+    job_status: str
+    termination: str
+    fd_termination: str
+    errors: int
+    files: int
+    bytes: int
+    expected_files: int = 0  # restores: "Files Expected", the files the bootstrap selects
+    messages: List[JobMessage] = field(default_factory=list)
+
+    @property
+    def fields(self) -> Dict[str, str]:
+        """The report's lines that fdsim knows, label -> value, in the director's order."""
+        head = {"JobId": str(self.jobid), "Job": self.job}
+        if self.job_type == "R":
+            return {**head, "Files Expected": _commas(self.expected_files), "Files Restored": _commas(self.files),
+                    "Bytes Restored": _commas(self.bytes), "FD Errors": str(self.errors),
+                    "FD termination status": self.fd_termination, "Termination": self.termination}
+        return {**head, "Backup Level": LEVEL_TEXT.get(self.level, self.level),
+                "FD Files Written": _commas(self.files), "FD Bytes Written": _commas(self.bytes),
+                "Non-fatal FD errors": str(self.errors), "FD termination status": self.fd_termination,
+                "Termination": self.termination}
+
+    @property
+    def text(self) -> str:
+        """The director's closing lines and the report, as the job log shows them."""
+        lines = [m.render(self.jobid) for m in self.messages]
+        lines.append(f"fdsim-dir JobId {self.jobid}: Bareos fdsim-dir 25.1.0 (fdsim):")
+        lines.extend(f"  {label + ':':<24}{value}" for label, value in self.fields.items())
+        return "\n".join(lines)
 
 
 @dataclass
@@ -144,20 +240,42 @@ class JobResult:
     # "FD Errors" of the job report: the fd's jcr->JobErrors, i.e. ``errors`` plus, once a fatal
     # error occurred, at least 1 (lib/message.cc Jmsg: M_FATAL sets JobErrors to 1 if it is 0).
     fd_errors: int = 0
+    # The director's own jcr->JobErrors (its M_FATAL/M_ERROR lines, lib/message.cc rules); the
+    # backup report's "Non-fatal FD errors" is this plus the fd's (dird backup.cc
+    # WaitForJobTermination: jcr->JobErrors += JobErrors of the fd's EndJob).
+    director_errors: int = 0
     calls: List[str] = field(default_factory=list)
     jobids: List[int] = field(default_factory=list)  # restores: the backup jobs read
+    elapsed: float = 0.0  # wall-clock seconds the emulated job took
+    # Time the real daemons would add that fdsim does not spend (e.g. CANCELED_BEFORE_STORAGE_SECONDS).
+    modelled_seconds: float = 0.0
+    # The director's report at the end of a backup or restore (None for estimates).
+    report: JobReport | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "T"
+
+    @property
+    def non_fatal_fd_errors(self) -> int:
+        """What the director's backup report prints as "Non-fatal FD errors"."""
+        return self.fd_errors + self.director_errors
+
+    @property
+    def run_time(self) -> float:
+        """Seconds the job would take on a real director, SD and fd (elapsed + modelled)."""
+        return self.elapsed + self.modelled_seconds
 
     def texts(self, msg_type: int | None = None) -> List[str]:
         """Message texts, optionally of one M_* type."""
         return [m.text for m in self.messages if msg_type is None or m.type == msg_type]
 
     def log(self) -> str:
-        """The job log as the director would print it."""
-        return "\n".join(m.render(self.jobid) for m in self.messages)
+        """The job log as the director would print it (with the director's report at the end)."""
+        lines = [m.render(self.jobid) for m in self.messages]
+        if self.report is not None:
+            lines.append(self.report.text)
+        return "\n".join(lines)
 
 
 JobHandle = Union[int, JobResult, None]
@@ -181,8 +299,15 @@ class _Job:
         # jcr->where, what GetValue(bVarWhere) answers: None until filed dir_cmd.cc RestoreCmd takes
         # it from the restore command, None again once RestoreCmd frees it (see _restore_job).
         self.where: str | None = None
-        self.restore_where = ""  # the restore's where ("" for where= empty or "/"): relocation, rp.where
+        # the restore's where ("" for where= empty or "/"): relocation, rp.where; None with a regexwhere
+        self.restore_where: str | None = ""
+        self.regexwhere: str | None = None  # the restore command's regexwhere= (lib/breg.cc syntax)
+        self.where_bregexp: List[BRegexp] | None = None  # jcr->where_bregexp, compiled by RestoreCmd
         self.error_terminated = False  # the restore's JobErrors check (filed dir_cmd.cc RestoreCmd) failed
+        # False once the director stops waiting for the fd's EndJob (a cancel, or no backup command).
+        self.fd_reported = True
+        self.restored_files = 0  # the fd's JobFiles at restore: items that reached create_file
+        self.expected_files = 0  # restores: the files the bootstrap selects (the report's Files Expected)
         self.prefix_links = 0
         self.check_changes = True
         self.lock = threading.RLock()
@@ -190,7 +315,8 @@ class _Job:
         self.loaded = False
         self.override: str | None = None
         self.fatal = False
-        self.canceled = False
+        self.cancel_requested = False  # a cancel command arrived (its plugin event may still run)
+        self.canceled = False  # JS_Canceled: set once the plugin's bEventCancelCommand returned
         self.walk_aborted = False
         self.result = JobResult(jobid=record.jobid, job_type=record.job_type, level=level, status="R")
         self.accurate_state: Dict[str, FileRecord] = {}
@@ -215,6 +341,15 @@ class _Job:
         with self.lock:
             self.result.errors += 1
             self.result.fd_errors += 1
+
+    def director_message(self, msg_type: int, text: str) -> None:
+        """A line the director itself logs; counted in the director's JobErrors (lib/message.cc Jmsg)."""
+        with self.lock:
+            self.result.messages.append(JobMessage(msg_type, text, "director"))
+            if msg_type in FATAL_TYPES:
+                self.result.director_errors = max(self.result.director_errors, 1)
+            elif msg_type == bfd.M_ERROR:
+                self.result.director_errors += 1
 
     def is_canceled(self) -> bool:
         return self.fatal or self.canceled
@@ -525,13 +660,28 @@ class FdSim:
             self.store.commit(record, writer)
         return job.result
 
+    def backup_fileset(self, fileset_conf: str, level: str = "F", **kwargs: Any) -> JobResult:
+        """:meth:`backup` of the ``Plugin = "..."`` lines of a FileSet as written in bareos-dir.conf,
+        read with the director's lexer rules (:func:`fdsim.dirconf.fileset_plugin_strings`)."""
+        return self.backup(fileset_plugin_strings(fileset_conf), level, **kwargs)
+
     def restore(self, plugin_string: Union[str, Sequence[str]] | None = None, jobid: int | None = None, *,
                 where: str = "/tmp/bareos-restores", replace: str = "always",  # noqa: S108  # Bareos default
                 pluginoptions: str | None = None, files: Sequence[str] | None = None,
                 plugin_dir: Union[str, Path] = "", extra_sys_path: Sequence[Union[str, Path]] = (),
-                prefix_links: bool = False, job_name: str = "restore-fdsim",
-                on_start: Callable[[int], None] | None = None) -> JobResult:
+                prefix_links: bool = False, job_name: str = "restore-fdsim", upto: int | None = None,
+                regexwhere: str | None = None, strip_prefix: str | None = None, add_prefix: str | None = None,
+                add_suffix: str | None = None, on_start: Callable[[int], None] | None = None) -> JobResult:
         """Restore the most recent backup (of these plugin strings) or one job's files.
+
+        ``regexwhere``, or ``strip_prefix``/``add_prefix``/``add_suffix`` (which the director turns
+        into a regexwhere, dird ua_restore.cc with lib/breg.cc bregexp_build_where, taking the place
+        of an explicit regexwhere), relocate each name instead of ``where``, which is then ignored
+        (dird restore.cc sends ``regexwhere=`` instead of ``where=``): the fd applies them to every
+        ``ofname`` and leaves ``jcr->where`` NULL, so ``rp.where``, ``rp.regexwhere``, bVarWhere and
+        bVarRegexWhere are all None (reference §12; :mod:`fdsim.breg`).
+
+        ``upto=N`` restores the point of job N: the chain as it was when job N had just run.
 
         ``jobid=N`` restores job N's files with job N's restore objects only; otherwise the chain
         :meth:`SaveSetStore.most_recent_jobids` picks (of the FileSet of these plugin strings, or of
@@ -550,7 +700,7 @@ class FdSim:
             if plugin_string is not None:
                 fileset = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
             try:
-                jobids = self.store.most_recent_jobids(fileset)
+                jobids = self.store.most_recent_jobids(fileset, upto=upto)
             except Exception as exc:
                 raise FdSimError(str(exc)) from exc
         selected = self.store.select_files(jobids, files)
@@ -558,8 +708,14 @@ class FdSim:
         job = _Job(self, record, " ", str(plugin_dir), [str(p) for p in extra_sys_path], False,
                    FileSetOptions())
         job.result.jobids = list(jobids)
+        job.expected_files = len(selected)
         # RestoreCmd turns "/" into nothing; bVarWhere stays None until bEventStartRestoreJob.
         job.restore_where = where if where not in ("", "/") else ""
+        if strip_prefix is not None or add_prefix is not None or add_suffix is not None:
+            regexwhere = build_where(strip_prefix, add_prefix, add_suffix)
+        if regexwhere is not None:
+            job.regexwhere = regexwhere if regexwhere != "/" else ""
+            job.restore_where = None
         job.prefix_links = int(prefix_links)
         code = REPLACE_CODES[replace]
         try:
@@ -590,8 +746,14 @@ class FdSim:
 
     def cancel(self, job: JobHandle = None) -> bool:
         """Cancel a running job (JobId, or the only running job) from any thread, like bconsole
-        ``cancel``: the job is marked canceled and bEventCancelCommand reaches the plugin at once,
-        on a thread of its own, while the job thread goes on until its next cancel check."""
+        ``cancel``; returns once the fd has marked the job canceled.
+
+        filed dir_cmd.cc CancelCmd, on the thread of the director's cancel connection: first
+        GeneratePluginEvent(bEventCancelCommand) - the plugin's handler runs while the job thread goes
+        on, reading and sending data as before -, then JS_Canceled, the job's storage-daemon
+        connection terminated (the next data send fails, backup.cc SendDataToSd, without a message
+        once canceled) and TIMEOUT_SIGNAL to the job thread (a core read blocked on a pipe returns).
+        The job thread stops at its next cancel check (see :meth:`FdSim._send_data`)."""
         with self._running_lock:
             if isinstance(job, JobResult):
                 job = job.jobid
@@ -605,9 +767,9 @@ class FdSim:
                     return False
                 target = found
         with target.lock:
-            if target.canceled:
+            if target.cancel_requested:
                 return True
-            target.canceled = True
+            target.cancel_requested = True
         target.message(bfd.M_INFO, "Job marked to be canceled.\n")
         interp = target.interp
         if interp is not None and target.loaded and bfd.bEventCancelCommand in target.events:
@@ -619,6 +781,8 @@ class FdSim:
                 res = None
             if res is not None:
                 target.interpret(res, "handle_plugin_event")
+        with target.lock:
+            target.canceled = True  # cjcr->setJobStatus(JS_Canceled), after the plugin's event
         return True
 
     def list_jobs(self) -> List[JobRecord]:
@@ -641,6 +805,7 @@ class FdSim:
             self._running[job.record.jobid] = job
         if on_start is not None:
             on_start(job.record.jobid)
+        started = time.monotonic()
         try:
             job.interp = SubInterpreter(job.extra_sys_path)
             try:
@@ -657,6 +822,7 @@ class FdSim:
             with self._running_lock:
                 del self._running[job.record.jobid]
             result = job.result
+            result.elapsed = time.monotonic() - started
             if job.interp is None:
                 result.status = "f"  # no interpreter: the exception tells why
             elif job.canceled:
@@ -668,7 +834,53 @@ class FdSim:
             else:
                 result.status = "T"
             job.record.status = result.status
+            if job.record.jobid:  # not for estimates
+                result.report = self._report(job)
+                job.record.status = result.report.job_status
             job.record.end_time = int(time.time())
+
+    @staticmethod
+    def _report(job: _Job) -> JobReport:
+        """The director's end of the job: WaitForJobTermination, then Native{Backup,Restore}Cleanup.
+
+        dird backup.cc WaitForJobTermination takes the fd's JobStatus, JobFiles, JobBytes and
+        JobErrors from its EndJob message (``jcr->JobErrors += JobErrors``).  Without an EndJob (the
+        job was canceled: fd_cmds.cc CancelFileDaemonJob terminates the job's fd connection) it logs
+        M_FATAL "No Job status returned from FD." (JobErrors becomes at least 1, lib/message.cc Jmsg)
+        and sets FDJobStatus to JS_ErrorTerminated, and the counts stay 0.  A backup refused at the
+        storage command never gets that far (backup.cc DoNativeBackup bails out): FDJobStatus keeps 0.
+        NativeBackupCleanup turns T with JobErrors into W; NativeRestoreCleanup warns "File count
+        mismatch" and turns T into W when the fd's JobFiles differ from the bootstrap's count, but
+        leaves T with FD errors "Restore OK".
+        """
+        result = job.result
+        restore = job.record.job_type == "R"
+        closing: List[JobMessage] = []
+        errors = result.director_errors
+        if not job.fd_reported:  # refused at the storage command: no backup command, no EndJob
+            status, fd_status, files, nbytes = "A" if job.canceled else "f", "", 0, 0
+            errors = result.non_fatal_fd_errors  # as measured on a real 25.1 (reference §12)
+        elif job.canceled:
+            status, fd_status, files, nbytes = "A", "E", 0, 0
+            closing.append(JobMessage(bfd.M_FATAL, NO_FD_STATUS, "director"))
+            errors = max(errors, 1)
+        else:
+            status = fd_status = result.status
+            files = job.restored_files if restore else len(result.files)
+            nbytes = result.bytes
+            errors += result.fd_errors
+        if restore and files != job.expected_files:
+            closing.append(JobMessage(bfd.M_WARNING, f"File count mismatch: expected={job.expected_files} , "
+                                                     f"restored={files}\n", "director"))
+            if status == "T":
+                status = "W"
+        elif not restore and status == "T" and errors:
+            status = "W"
+        termination = (RESTORE_TERMINATION if restore else BACKUP_TERMINATION)[status]
+        return JobReport(jobid=job.record.jobid, job=job.record.name, job_type=job.record.job_type,
+                         level=job.level, job_status=status, termination=termination,
+                         fd_termination=JOB_STATUS_TEXT[fd_status], errors=errors, files=files, bytes=nbytes,
+                         expected_files=job.expected_files if restore else 0, messages=closing)
 
     # -- backup --------------------------------------------------------------------------------
     def _backup_job(self, job: _Job, cmds: List[str], prev: JobRecord | None, pluginoptions: str | None,
@@ -683,6 +895,9 @@ class FdSim:
             for rop in self.store.objects([prev.jobid]):
                 job.event(bfd.bEventRestoreObject, rop)
             job.event(bfd.bEventRestoreObject, None)
+        if not self._storage_command(job):
+            job.event(bfd.bEventJobEnd)  # suppressed: the job is canceled
+            return
         if job.accurate and job.level in ("I", "D"):
             base = self.store.most_recent_jobids(cmds) if job.level == "I" else [prev.jobid] if prev else []
             job.accurate_state = self.store.current_state(base)
@@ -696,6 +911,24 @@ class FdSim:
             self._accurate_finish(job, writer)
         job.event(bfd.bEventEndBackupJob)
         job.event(bfd.bEventJobEnd)
+
+    @staticmethod
+    def _storage_command(job: _Job) -> bool:
+        """The director's "storage" command: False when the job was canceled (or failed) before it.
+
+        See SD_AUTH_CANCELED above: a fatal error (or a cancel) during the fileset, the
+        pluginoptions or the previous job's restore objects makes the fd refuse the SD handshake;
+        three more fatal lines follow, the job ends without a backup command, and the real daemons
+        take about 36 s to give up (recorded, not slept).
+        """
+        if not job.is_canceled():
+            return True
+        job.fd_reported = False
+        job.message(bfd.M_FATAL, SD_AUTH_CANCELED)
+        job.message(bfd.M_FATAL, SD_AUTH_FAILED)
+        job.director_message(bfd.M_FATAL, DIR_BAD_STORAGE)
+        job.result.modelled_seconds += CANCELED_BEFORE_STORAGE_SECONDS
+        return False
 
     def _estimate_job(self, job: _Job, cmds: List[str]) -> None:
         for cmd in cmds:
@@ -872,7 +1105,15 @@ class FdSim:
         return True, None
 
     def _send_data(self, job: _Job, pkt: Dict[str, Any], writer: JobWriter, sparse: bool) -> Tuple[int, float]:
-        """The item's data from the plugin to the volume; (bytes, seconds from open to end of data)."""
+        """The item's data from the plugin to the volume; (bytes, seconds from open to end of data).
+
+        filed backup.cc reads and sends until end of file without a cancel check: after a cancel the
+        read in flight returns (a core read blocked on a pipe is interrupted by the TIMEOUT_SIGNAL
+        of dir_cmd.cc CancelCmd) and its send to the terminated storage-daemon connection fails
+        (SendDataToSd, no message once canceled); reads made while the plugin's bEventCancelCommand
+        runs are sent as usual.  After a fatal error fdsim stops before the next read (the real fd
+        would read on to the end of the file).
+        """
         fname = pkt["fname"]
         flags = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if job.options.noatime else 0)
         opened, core_fd = self._open(job, fname, flags, 0)
@@ -890,11 +1131,13 @@ class FdSim:
         block_view = memoryview(block)
         zeros = bytes(count) if sparse else b""
         data: Union[bytes, memoryview]
-        while not job.is_canceled():
+        while not job.fatal:
             if core_fd is not None:
-                n = _read_full_into(core_fd, block_view)
+                n = _read_full_into(core_fd, block_view, lambda: job.canceled)
                 if n is None:
                     job.message(bfd.M_ERROR, f"Read error on file {fname}. ERR=read from core fd failed\n")
+                    break
+                if n < 0:  # blocked on the pipe and interrupted by the cancel's TIMEOUT_SIGNAL
                     break
                 data = block_view[:n]
             else:
@@ -922,6 +1165,8 @@ class FdSim:
                 data = bytes(io["buf"][:status]) if status > 0 else b""
             if not data:
                 break
+            if job.canceled:
+                break  # the send to the storage daemon fails: the job's SD connection was terminated
             skip = (sparse and len(data) == count and data == zeros and address + len(data) < st_size)
             if not skip:
                 writer.data(address, data)
@@ -973,6 +1218,10 @@ class FdSim:
         else the first item's bEventRestoreCommand - gets ``<override>`` + backup-time string
         (python-fd.cc ``parse_plugin_definition`` merges while ``python_loaded`` is false, see
         :meth:`_Job._c_parse`); every later bEventRestoreCommand gets the backup-time string alone.
+
+        The storage/bootstrap commands come before all of this at restore (reference §3.4, dird
+        restore.cc), so a fatal error while the objects load has no storage-daemon cascade (compare
+        :meth:`FdSim._storage_command` for backups).
         """
         if pluginoptions:
             self._plugin_options(job, pluginoptions)
@@ -983,6 +1232,12 @@ class FdSim:
         # filed dir_cmd.cc RestoreCmd: jcr->where from the restore command, then
         # GeneratePluginEvent(bEventStartRestoreJob), DoRestore.
         job.job_type = "R"
+        if job.regexwhere is not None:
+            job.where_bregexp = parse_bregexps(job.regexwhere)
+            if job.where_bregexp is None:  # RestoreCmd refuses the restore command
+                job.message(bfd.M_FATAL, f"Bad where regexp. where={job.regexwhere}\n")
+                job.event(bfd.bEventJobEnd)  # suppressed: the job failed
+                return
         job.where = job.restore_where
         job.event(bfd.bEventStartRestoreJob)
         open_item = False
@@ -1012,6 +1267,9 @@ class FdSim:
         job.event(bfd.bEventJobEnd)
 
     def _relocate(self, job: _Job, name: str) -> str:
+        """lib/attr.cc BuildAttrOutputFnames: the where-regexps, else where + name."""
+        if job.where_bregexp is not None:
+            return apply_bregexps(name, job.where_bregexp)
         if not job.restore_where:
             return name
         return job.restore_where.rstrip("/") + ("" if name.startswith("/") else "/") + name
@@ -1033,7 +1291,8 @@ class FdSim:
         link = str(attrs["link"] or "")
         ofname = self._relocate(job, fname)
         olname = link
-        if ftype == bfd.FT_LNKSAVED or (ftype == bfd.FT_LNK and link.startswith("/") and job.prefix_links):
+        if ftype == bfd.FT_LNKSAVED or (ftype == bfd.FT_LNK and job.prefix_links and (
+                link.startswith("/") or job.where_bregexp is not None)):
             olname = self._relocate(job, link)
         rp = {"stream": STREAM_UNIX_ATTRIBUTES, "data_stream": int(attrs["data_stream"]), "type": ftype,
               "file_index": int(attrs["file_index"]), "linkFI": 0, "uid": attrs["statp"]["st_uid"],
@@ -1041,6 +1300,7 @@ class FdSim:
               "where": job.restore_where, "regexwhere": None, "replace": replace,
               "create_status": bfd.CF_ERROR, "filedes": -1}
         res = job.py(f"create_file({ofname!r})", ("create_file", rp), "create_file")
+        job.restored_files += 1  # filed restore.cc: JobFiles++ for every outcome of create_file
         status = int(res.get("create_status", bfd.CF_ERROR))
         if int(res["rc"]) != bfd.bRC_OK:
             if res["st"] == "ok":
@@ -1183,11 +1443,19 @@ class BackgroundJob:
         return self._result
 
 
-def _read_full_into(fd: int, buf: memoryview) -> int | None:
-    """The core's bread on a do-in-core fd: fill ``buf`` or stop at EOF; bytes read, None on error."""
+def _read_full_into(fd: int, buf: memoryview, canceled: Callable[[], bool]) -> int | None:
+    """The core's bread on a do-in-core fd: fill ``buf`` or stop at EOF; bytes read, None on error,
+    -1 when the read waited on an empty pipe and the job was canceled meanwhile (the real fd's
+    TIMEOUT_SIGNAL makes the blocked read() return with EINTR)."""
     have = 0
     count = len(buf)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while have < count:
+        if not poller.poll(CANCEL_POLL_MS):
+            if canceled():
+                return -1
+            continue
         try:
             n = os.readv(fd, [buf[have:]])
         except OSError:

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import json
 import os
 import struct
+import threading
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Sequence, Tuple, TypeVar, Union, cast
 
 FT_DIREND = 5
 FT_DELETED = 23
@@ -39,6 +41,18 @@ _REC = struct.Struct(">cI")
 _ADDR = struct.Struct(">Q")
 _NAMELEN = struct.Struct(">I")
 TAG_START, TAG_DATA, TAG_ACL, TAG_XATTR, TAG_END = b"S", b"D", b"A", b"X", b"E"
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run a :class:`SaveSetStore` method under the store's lock (jobs run on threads of their own)."""
+    @functools.wraps(method)
+    def wrapper(self: SaveSetStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return cast(_F, wrapper)
 
 
 class StoreError(RuntimeError):
@@ -182,6 +196,8 @@ class SaveSetStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.catalog_path = self.root / "catalog.json"
+        # Concurrent jobs (one thread each) share the catalog, as a real director's jobs share theirs.
+        self._lock = threading.RLock()
         self._jobs: List[JobRecord] = []
         self._files: Dict[int, List[FileRecord]] = {}
         self._objects: Dict[int, List[StoredObject]] = {}
@@ -197,11 +213,13 @@ class SaveSetStore:
         self._files = {int(k): [FileRecord(**f) for f in v] for k, v in raw["files"].items()}
         self._objects = {int(k): [StoredObject(**o) for o in v] for k, v in raw["objects"].items()}
 
+    @_locked
     def _save(self) -> None:
         raw = {"next_jobid": self._next_jobid, "jobs": [asdict(j) for j in self._jobs],
                "files": {str(k): [asdict(f) for f in v] for k, v in self._files.items()},
                "objects": {str(k): [asdict(o) for o in v] for k, v in self._objects.items()}}
-        tmp = self.catalog_path.with_suffix(".tmp")
+        # A name of this process and thread: two stores (or processes) on one directory never share it.
+        tmp = self.catalog_path.with_name(f".catalog.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(raw, indent=1))
         os.replace(tmp, self.catalog_path)
 
@@ -209,6 +227,7 @@ class SaveSetStore:
         return self.root / f"vol-{jobid}.bin"
 
     # -- jobs ----------------------------------------------------------------------------------
+    @_locked
     def new_job(self, name: str, job_type: str, level: str, start_time: int) -> JobRecord:
         """Reserve a JobId (like the director's Job row at job start)."""
         job = JobRecord(jobid=self._next_jobid, name=f"{name}.{_job_suffix(start_time, self._next_jobid)}",
@@ -221,6 +240,7 @@ class SaveSetStore:
     def writer(self, job: JobRecord) -> JobWriter:
         return JobWriter(self, job)
 
+    @_locked
     def commit(self, job: JobRecord, writer: JobWriter | None) -> None:
         """Store the job's final row and, for backups, its File and RestoreObject rows."""
         if writer is not None:
@@ -229,18 +249,22 @@ class SaveSetStore:
             self._objects[job.jobid] = writer.objects
         self._save()
 
+    @_locked
     def jobs(self) -> List[JobRecord]:
         return list(self._jobs)
 
+    @_locked
     def job(self, jobid: int) -> JobRecord:
         for job in self._jobs:
             if job.jobid == jobid:
                 return job
         raise StoreError(f"fdsim store {self.root}: no job with JobId {jobid}; run list_jobs() to see them")
 
+    @_locked
     def files(self, jobid: int) -> List[FileRecord]:
         return list(self._files.get(jobid, []))
 
+    @_locked
     def objects(self, jobids: Sequence[int], types: Sequence[int] = (25, 27)) -> List[StoredObject]:
         """Restore objects of these jobs (by default FT_RESTORE_FIRST and FT_PLUGIN_CONFIG), job by
         job in the order the backup made them (what an Incremental backup is sent, see fd.py)."""
@@ -249,6 +273,7 @@ class SaveSetStore:
             out.extend(o for o in self._objects.get(jobid, []) if o.object_type in types)
         return out
 
+    @_locked
     def restore_objects(self, jobids: Sequence[int]) -> List[StoredObject]:
         """The objects a restore of these JobIds is sent, in the director's order.
 
@@ -272,6 +297,7 @@ class SaveSetStore:
         return [j for j in self._jobs if j.job_type == "B" and j.status in GOOD_JOB_STATUS
                 and (fileset is None or list(fileset) == j.fileset)]
 
+    @_locked
     def previous_job(self, level: str, fileset: Sequence[str]) -> JobRecord | None:
         """The job an Incremental (newest good backup) or Differential (newest Full) is based on."""
         backups = self._backups(fileset)
@@ -279,22 +305,26 @@ class SaveSetStore:
             backups = [j for j in backups if j.level == "F"]
         return backups[-1] if backups else None
 
+    @_locked
     def last_full(self, fileset: Sequence[str]) -> JobRecord | None:
         fulls = [j for j in self._backups(fileset) if j.level == "F"]
         return fulls[-1] if fulls else None
 
-    def most_recent_jobids(self, fileset: Sequence[str] | None = None) -> List[int]:
+    @_locked
+    def most_recent_jobids(self, fileset: Sequence[str] | None = None, *, upto: int | None = None) -> List[int]:
         """Full + last Differential after it + Incrementals after that, oldest first.
 
         All of one FileSet, as dird ``ua_restore.cc`` selects them (``select_backups_before_date``
         filters by Client and FileSet): without ``fileset``, the FileSet of the newest successful
         backup (where bconsole would ask which FileSet), so jobs of two FileSets never mix.
+        ``upto`` restores an older point: only backups up to that JobId count (bconsole's
+        "before date" selection, by job).
         """
         if fileset is None:
-            newest = self._backups(None)
+            newest = [j for j in self._backups(None) if upto is None or j.jobid <= upto]
             if newest:
                 fileset = newest[-1].fileset
-        backups = self._backups(fileset)
+        backups = [j for j in self._backups(fileset) if upto is None or j.jobid <= upto]
         fulls = [j for j in backups if j.level == "F"]
         if not fulls:
             raise StoreError(f"fdsim store {self.root}: no successful Full backup"
@@ -311,6 +341,7 @@ class SaveSetStore:
         chain.extend(j for j in later if j.level == "I" and j.jobid > base.jobid)
         return [j.jobid for j in chain]
 
+    @_locked
     def current_state(self, jobids: Sequence[int]) -> Dict[str, FileRecord]:
         """Newest version of each path over these jobs, deleted paths dropped (accurate list)."""
         newest: Dict[str, FileRecord] = {}
@@ -319,6 +350,7 @@ class SaveSetStore:
                 newest[rec.fname] = rec
         return {name: rec for name, rec in newest.items() if rec.type != FT_DELETED}
 
+    @_locked
     def select_files(self, jobids: Sequence[int], patterns: Sequence[str] | None = None) -> List[FileRecord]:
         """Items to restore, in (JobId, FileIndex) order; objects are not items."""
         state = self.current_state(jobids)
@@ -363,11 +395,13 @@ class SaveSetStore:
                 yield address, body[_ADDR.size:]
 
     # -- listing -------------------------------------------------------------------------------
+    @_locked
     def list_files(self, jobid: int) -> List[str]:
         """Names of a job's files, like bconsole ``list files jobid=N``."""
         self.job(jobid)
         return [r.fname for r in self._files.get(jobid, [])]
 
+    @_locked
     def format_listing(self, jobid: int) -> str:
         """ls-style listing of a job with type, size and mtime, for demos."""
         job = self.job(jobid)

@@ -26,6 +26,7 @@ from bareos_hyperv.errors import BareosHyperVError, ProtocolError
 from bareos_hyperv.protocol.framing import Channel, ChannelClosed
 from bareos_hyperv.protocol.messages import (
     PROTOCOL_VERSION,
+    AddBase,
     Cleanup,
     CleanupDone,
     CleanupRecord,
@@ -81,6 +82,7 @@ class AgentServer:
         self.session: Optional[Session] = None
         self._handlers: Dict[Type[Message], Callable[[Message], Reply]] = {
             StartJob: self._start_job,
+            AddBase: self._add_base,
             ListFiles: self._list_files,
             OpenFile: self._open_file,
             CreateFile: self._create_file,
@@ -226,8 +228,20 @@ class AgentServer:
             # smbprotocol logs every packet at INFO/DEBUG: far too much for a job log.
             logging.getLogger("smbprotocol").setLevel(logging.WARNING)
         self.session = Session(msg, self.outbox, self.redact)
+        self.session.flush = self._flush
         log.debug("job %s started: %r", msg.jobid, msg)
         return JobStarted(), []
+
+    def _add_base(self, msg: Message) -> Reply:
+        assert isinstance(msg, AddBase)
+        self._session().add_base(msg.objects)
+        return JobStarted(), []
+
+    def _flush(self) -> None:
+        """Send the queued log records and progress now: only called inside a request, while the
+        fd reads the socket waiting for the reply (they reset its agent_timeout)."""
+        for queued in self.outbox.take():
+            self.channel.send(queued)
 
     def _list_files(self, msg: Message) -> Reply:
         session = self._session()

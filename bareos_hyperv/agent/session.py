@@ -17,12 +17,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 from bareos_hyperv.agent.connections import Connections, connect
 from bareos_hyperv.agent.sources import Source, make_source
 from bareos_hyperv.agent.transfer import Drain, Pump, make_pipe
-from bareos_hyperv.errors import ConfigurationError, ProtocolError, StorageError
+from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, ManifestError, ProtocolError, StorageError
+from bareos_hyperv.manifest.document import from_xml
+from bareos_hyperv.manifest.layout import DELTA_MARKER, DISKS_DIR, MANIFEST_FILE, ROOT, EntryKind, parse_path
+from bareos_hyperv.model.backup import PartKind
 from bareos_hyperv.model.credentials import Credentials
 from bareos_hyperv.protocol.messages import (
     CleanupRecord,
@@ -41,6 +44,7 @@ from bareos_hyperv.protocol.messages import (
     StartJob,
 )
 from bareos_hyperv.storage.base import FileWriter, StorageExists
+from bareos_hyperv.storage.delta import DeltaApplier, DeltaBaseMismatch, FilePatchTarget, ImageHashes
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import LocalLocation
 
@@ -58,6 +62,11 @@ MAX_OUTBOX = 1000
 JOIN_TIMEOUT = 120.0
 # Restored data is written under this suffix and renamed into place only when complete.
 PARTIAL_SUFFIX = ".bareos-hyperv-partial"
+# The last item of a VM's tree in each job (after its disks): where a restore checks the point.
+TRAILER_NAME = "SHA256SUMS"
+# A long step inside one request (a backup reading whole disks to plan deltas) tells the fd it is
+# alive at most this often (seconds); the fd's agent_timeout counts silence.
+HEARTBEAT_INTERVAL = 10.0
 
 
 def peak_rss_kib() -> int:
@@ -70,6 +79,24 @@ def peak_rss_kib() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def _delta_image(name: str, target: str) -> Optional[str]:
+    """For a disk delta of a bareos-hyperv save set: the path of the disk file it applies to.
+
+    Judged by the last two components of the restore target (``disks/<n>-<file>+I+<jobid>``), so
+    where=, regexwhere= or strip_prefix= do not hide a delta.
+    """
+    path = PurePosixPath(target)
+    if path.parent.name != DISKS_DIR or DELTA_MARKER not in path.name:
+        return None
+    try:
+        parsed = parse_path(f"{ROOT}/scope/vm/{DISKS_DIR}/{path.name}")
+    except ManifestError:
+        return None
+    if parsed.kind is not EntryKind.DELTA:
+        return None
+    return target[: -len(f"{DELTA_MARKER}{parsed.job_id}")]
 
 
 class Redactor:
@@ -161,6 +188,7 @@ class _Restore:
     writer: FileWriter
     drain: Drain
     hyperv: Optional[ItemTarget] = None  # restore into Hyper-V: where the item goes and what it must be
+    delta: Optional[DeltaApplier] = None  # a disk delta applied to the file restored before it
 
 
 class Session:
@@ -189,6 +217,15 @@ class Session:
         self.hyperv: Optional[HyperVRestore] = None
         self._connections: Optional[Connections] = None
         self._finished = False
+        self._base: List[RestoreObject] = list(start.base)
+        # Restore to a directory: chunk digests of the disk files deltas were applied to in this job,
+        # so that the next delta of the chain need not read the whole file again.
+        self._images: Dict[str, ImageHashes] = {}
+        # Restore to a directory: where each item of a VM tree went (name -> target), so that the
+        # end of the VM's tree (SHA256SUMS) can prove each disk is at the chosen point.
+        self._targets: Dict[str, str] = {}
+        self._last_beat = time.monotonic()
+        self.flush: Optional[Callable[[], None]] = None  # set by the server: sends the outbox now
         restore = start.restore
         if self.kind is JobKind.RESTORE and restore is not None and restore.target is RestoreTarget.HYPERV:
             from bareos_hyperv.restore.execute import HyperVRestore
@@ -220,6 +257,34 @@ class Session:
     def job_id(self) -> int:
         """The Bareos JobId."""
         return self.start.jobid
+
+    @property
+    def level(self) -> str:
+        """Bareos level letter of a backup (F, I, D)."""
+        return self.start.level
+
+    @property
+    def since(self) -> int:
+        """Bareos since time of an Incremental or Differential (epoch seconds)."""
+        return self.start.since
+
+    @property
+    def base_objects(self) -> List[RestoreObject]:
+        """Restore objects of the job an Incremental or Differential builds on."""
+        return self._base
+
+    def add_base(self, objects: List[RestoreObject]) -> None:
+        """More of those objects (AddBase), before the first ListFiles."""
+        self._base.extend(objects)
+
+    def heartbeat(self) -> None:
+        """During a long request: send what the outbox holds, plus a progress note, every few seconds."""
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_INTERVAL or self.flush is None:
+            return
+        self._last_beat = now
+        self.outbox.put(Progress(name=self.start.source, bytes=0))
+        self.flush()
 
     def credentials(self) -> Credentials:
         """Credentials sent with StartJob, else those of ``credentials_file``."""
@@ -362,6 +427,9 @@ class Session:
                                      what_to_do="give the restore job an absolute where= directory")
         if entry.name in self._restores:
             raise ProtocolError(f"{entry.name} is already being restored")
+        image = _delta_image(entry.name, target)
+        if image is not None:
+            return self._create_delta(entry, image)
         if not replace and self._local.exists(LocalLocation(path)):
             raise StorageExists(f"{target} already exists and the restore job does not replace files",
                                 what_to_do="restore with replace=always or to another where= directory")
@@ -375,6 +443,104 @@ class Session:
         drain.start()
         return wfd
 
+    def _create_delta(self, entry: FileEntry, image: str) -> int:
+        """A disk delta: applied to the disk file restored before it (``image``), under a temporary name.
+
+        The delta refuses any file but its base (a missing, repeated or out-of-order part of the
+        chain); the file goes back to its name only once the result digest matched, and is removed
+        when the delta cannot be applied, so no disk is left half patched.
+        """
+        path = PurePosixPath(image)
+        temp = str(path.parent / f".{path.name}{PARTIAL_SUFFIX}")
+        if not self._local.exists(LocalLocation(path)):
+            raise DeltaBaseMismatch(
+                f"{entry.name} is a delta of {path.name}, which this restore did not restore before it",
+                what_to_do="restore the whole chain (the full backup and every later incremental or "
+                           "differential job up to the point wanted) in one restore job")
+        self._local.delete(LocalLocation(PurePosixPath(temp)), missing_ok=True)  # left by a killed agent
+        self._local.rename(LocalLocation(path), LocalLocation(PurePosixPath(temp)))
+        try:
+            applier = DeltaApplier(FilePatchTarget(temp), name=entry.name, base=self._images.pop(image, None))
+        except BaseException:
+            self._local.rename(LocalLocation(PurePosixPath(temp)), LocalLocation(path))
+            raise
+        rfd, wfd = make_pipe()
+        drain = Drain(entry.name, rfd, applier, entry.size, self._progress)
+        self._restores[entry.name] = _Restore(entry, image, temp, True, applier, drain, delta=applier)
+        drain.start()
+        return wfd
+
+    def _close_delta(self, name: str, item: _Restore) -> FileDone:
+        assert item.delta is not None
+        temp = LocalLocation(PurePosixPath(item.temp))
+        try:
+            item.delta.close()
+            self._local.rename(temp, LocalLocation(PurePosixPath(item.target)), replace=True)
+        except BareosHyperVError as exc:
+            self._local.delete(temp, missing_ok=True)
+            raise type(exc)(f"{exc.message}; the restored disk file {item.target} was removed rather than "
+                            "left half patched", what_to_do=exc.what_to_do, context=exc.context) from None
+        except BaseException:
+            self._local.delete(temp, missing_ok=True)
+            raise
+        if item.delta.result is not None:
+            self._images[item.target] = item.delta.result
+        self._targets[name.lstrip("/")] = item.target
+        try:
+            os.utime(item.target, (item.entry.mtime, item.entry.mtime))
+        except OSError as exc:
+            log.warning("restored %s but could not set its time: %s", item.target, exc.strerror)
+        self.files_done += 1
+        self.bytes_done += item.drain.bytes
+        return FileDone(name=name, bytes=item.drain.bytes, sha256=item.drain.sha256.hexdigest(),
+                        seconds=item.drain.seconds)
+
+    def _check_point(self, name: str, trailer: str) -> None:
+        """The end of a VM's tree (its newest job's ``SHA256SUMS``): every restored disk is at the chosen point.
+
+        The manifest restored with the tree is the chosen point's (a name present in several jobs
+        comes from the newest).  A disk whose chain ends with a delta must hold that delta's result
+        image: when the final delta (or a later one) was not restored, the file would silently be
+        an older image, so it is removed and the restore fails naming it.
+        """
+        directory = str(PurePosixPath(name.lstrip("/")).parent)
+        manifest_target = self._targets.get(f"{directory}/{MANIFEST_FILE}")
+        if manifest_target is None:
+            log.warning("%s: its manifest was not restored; the disks of this VM cannot be checked "
+                        "against the chosen point", directory)
+            return
+        try:
+            with open(manifest_target, "rb") as fh:
+                manifest = from_xml(fh.read(), source=manifest_target)
+        except OSError as exc:
+            raise StorageError(f"cannot read the restored manifest {manifest_target}: {exc.strerror}",
+                               what_to_do="check the restore directory") from None
+        wrong: List[str] = []
+        for disk in manifest.disks:
+            for file in disk.chain:
+                if not file.chain:
+                    continue  # a manifest of an older version: the disk is this job's full copy
+                target = self._targets.get(f"{directory}/{file.chain[0].name}")
+                if target is None:
+                    continue  # the disk's full image was not selected: nothing of it was restored
+                final = file.chain[-1]
+                if final.kind is not PartKind.DELTA:
+                    continue  # the full image is the point's: written as it is
+                image = self._images.get(target)
+                expected = file.image_digest or final.image_digest
+                if image is not None and image.digest() == expected:
+                    continue
+                self._local.delete(LocalLocation(PurePosixPath(target)), missing_ok=True)
+                self._images.pop(target, None)
+                wrong.append(f"{PurePosixPath(target).name} (its last part, {final.name} of job {final.job_id}, "
+                             "was not applied)")
+        if wrong:
+            raise DeltaBaseMismatch(
+                f"{directory}: not every disk is at the point of job {manifest.backup.job_id}: "
+                + "; ".join(wrong) + "; removed rather than left at an older point",
+                what_to_do="restore the whole chain (the full backup and every later incremental or "
+                           "differential job up to the point wanted) in one restore job")
+
     def _close_restore(self, name: str) -> FileDone:
         item = self._restores.pop(name)
         if not item.drain.join(JOIN_TIMEOUT):
@@ -384,9 +550,14 @@ class Session:
                                "closed the data stream", what_to_do="check the destination file system")
         if item.drain.error is not None:
             item.writer.discard()
+            if item.delta is not None:
+                self._local.delete(LocalLocation(PurePosixPath(item.temp)), missing_ok=True)
+                log.error("the restored disk file %s was removed rather than left half patched", item.target)
             raise item.drain.error
         if item.hyperv is not None:
             return self._close_hyperv(name, item)
+        if item.delta is not None:
+            return self._close_delta(name, item)
         try:
             item.writer.close()
             self._local.rename(LocalLocation(PurePosixPath(item.temp)), LocalLocation(PurePosixPath(item.target)),
@@ -401,6 +572,9 @@ class Session:
             log.warning("restored %s but could not set its mode/time: %s", item.target, exc.strerror)
         self.files_done += 1
         self.bytes_done += item.drain.bytes
+        self._targets[name.lstrip("/")] = item.target
+        if PurePosixPath(name).name == TRAILER_NAME:
+            self._check_point(name, item.target)
         return FileDone(name=name, bytes=item.drain.bytes, sha256=item.drain.sha256.hexdigest(),
                         seconds=item.drain.seconds)
 
@@ -440,6 +614,8 @@ class Session:
             item.drain.abort()
             try:
                 item.writer.discard()
+                if item.delta is not None:  # the disk file being patched: never left half patched
+                    self._local.delete(LocalLocation(PurePosixPath(item.temp)), missing_ok=True)
             except (OSError, StorageError) as exc:
                 log.warning("could not remove the partial file %s: %s", item.temp, exc)
         self._pumps.clear()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import List, Mapping, Protocol
 
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.protocol.messages import RestoreObject
 
 __all__ = ["SourceContext"]
 
@@ -22,3 +23,18 @@ class SourceContext(Protocol):
     @property
     def job_id(self) -> int:
         """The Bareos JobId of this job."""
+
+    @property
+    def level(self) -> str:
+        """The Bareos level letter (``F``, ``I``, ``D``); empty for jobs that are not backups."""
+
+    @property
+    def since(self) -> int:
+        """Bareos's since time (epoch seconds) of an Incremental or Differential, 0 otherwise."""
+
+    @property
+    def base_objects(self) -> List[RestoreObject]:
+        """Restore objects of the job an Incremental or Differential builds on (reference §12)."""
+
+    def heartbeat(self) -> None:
+        """Tell the fd the job is alive during a long step (planning a VM's disks); rate-limited."""

@@ -28,16 +28,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import io
 import logging
 import stat as stat_mod
 import time
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from bareos_hyperv import __version__
+from bareos_hyperv.backup.base import (
+    MANIFEST_OBJECT,
+    MAX_OBJECT_BYTES,
+    DiskBase,
+    PreviousBackup,
+    VmBase,
+    base_object_name,
+    previous_backup,
+    rct_ids,
+)
 from bareos_hyperv.backup.context import SourceContext
+from bareos_hyperv.backup.incremental import FilePlan, plan_file
 from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, HyperVError, StorageError
 from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv import constants as C
@@ -51,14 +63,24 @@ from bareos_hyperv.hyperv.images import ImageService
 from bareos_hyperv.hyperv.schema import to_typed_cimxml
 from bareos_hyperv.hyperv.services import HostServices
 from bareos_hyperv.manifest.document import Manifest, VmSettings, to_xml
-from bareos_hyperv.manifest.layout import CONFIG_DIR, DISKS_DIR, MANIFEST_FILE, ROOT, escape_component, vm_directories
+from bareos_hyperv.manifest.layout import (
+    CONFIG_DIR,
+    DELTA_MARKER,
+    DISKS_DIR,
+    MANIFEST_FILE,
+    ROOT,
+    escape_component,
+    vm_directories,
+)
 from bareos_hyperv.model.backup import (
     BackupFacts,
     BackupLevel,
     CapturedSettings,
+    ChainPart,
     Consistency,
     ConsistencyMode,
     Controller,
+    DeltaMethod,
     DiskBackup,
     DiskFile,
     PartKind,
@@ -67,10 +89,12 @@ from bareos_hyperv.model.backup import (
 )
 from bareos_hyperv.model.backup import ReferencePoint as ReferencePointFacts
 from bareos_hyperv.model.cluster import ClusterFacts
+from bareos_hyperv.model.disk import DiskFormat
 from bareos_hyperv.model.host import HostFacts
-from bareos_hyperv.model.vm import DriveKind, VmConfig
+from bareos_hyperv.model.vm import Drive, DriveKind, VmConfig
 from bareos_hyperv.protocol.messages import CleanupRecord, FileEntry
 from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFound
+from bareos_hyperv.storage.delta import DeltaReader, HashingReader
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import Location, LocationResolver, parse_path_map, parse_share_map
 from bareos_hyperv.wsman.cim import CimInstance
@@ -81,11 +105,6 @@ from bareos_hyperv.wsman.transport import TransportOptions
 log = logging.getLogger("bareos_hyperv.backup.hyperv")
 
 TRAILER_FILE = "SHA256SUMS"
-# The final manifest (sizes and digests of every part) is also saved as a restore object, which
-# Bareos hands to a restore before any data (reference §7, §12); the fd plugin looks for this name.
-MANIFEST_OBJECT = "manifest.object.xml"
-# A restore object must fit one network message of the fd (1,000,000 bytes, reference §7).
-MAX_OBJECT_BYTES = 900_000
 STAGING_DIR = "bareos-hyperv-staging"
 FILE_MODE = stat_mod.S_IFREG | 0o640
 # After CreateSnapshot's answer was lost: how long (seconds) to watch for the checkpoint its job
@@ -147,10 +166,21 @@ class _Item:
     """One listed item of the current VM and where its bytes come from."""
 
     entry: FileEntry
-    relative: str  # path inside the VM's directory (manifest.xml, config/x, disks/n-x)
+    relative: str  # path inside the VM's directory (manifest.xml, config/x, disks/n-x[+I+job])
     location: Optional[Location] = None
     content: Optional[bytes] = None
     opened: float = 0.0  # monotonic time the core started reading it
+    disk: Optional[_DiskItem] = None  # a disk file's full copy or delta
+
+
+@dataclass
+class _DiskItem:
+    """A disk file the job saves: which file, how (:class:`FilePlan`), and what it was based on."""
+
+    file: DiskFile
+    host_path: str
+    plan: FilePlan
+    base: Optional[DiskBase] = None
 
 
 @dataclass
@@ -171,6 +201,7 @@ class _VmRun:
     trailer_listed: bool = False
     manifest: Optional[Manifest] = None  # as streamed first (no digests yet)
     disk_sources: Dict[str, str] = field(default_factory=dict)  # relative disks/<n>-<file> -> host path
+    base: Optional[VmBase] = None  # the VM in the job this incremental or differential builds on
 
     def record(self, host: str, job_id: int) -> Optional[CleanupRecord]:
         """What exists on the Hyper-V side for this VM right now (None: nothing to undo)."""
@@ -194,6 +225,12 @@ class HyperVBackupSource:
                                      what_to_do="name the Hyper-V host or cluster in host= and the VMs in vm=")
         self.excluded = _split(opts.get("exclude_vm", ""))
         self.consistency = ConsistencyOption.parse(opts.get("consistency", "application"))
+        # Level and base come from Bareos (bVarLevel, bVarSinceTime, the previous job's restore
+        # objects), never from a file on the fd host (reference §3.2, §12).
+        self.level = BackupLevel.from_bareos(ctx.level or "F")
+        self.since = ctx.since
+        self._ctx = ctx
+        self.previous = PreviousBackup()
         self.timeout = float(opts.get("timeout", "1800"))
         self.staging_root = opts.get("staging_path", "").strip() or None
         credentials = ctx.credentials()
@@ -260,7 +297,16 @@ class HyperVBackupSource:
         if item.relative.startswith(DISKS_DIR + "/"):
             log.info("%s: saving disk %s (%.1f MB)", run.summary.ref.name, item.relative, entry.size / _MB)
         item.opened = time.monotonic()
-        return self.storage.open_read(item.location)
+        reader = self.storage.open_read(item.location)
+        disk = item.disk
+        if disk is None:
+            return reader
+        plan = disk.plan
+        if plan.method is None:
+            assert plan.hasher is not None  # a full copy's digests come from the read itself
+            return HashingReader(reader, plan.hasher)
+        assert plan.header is not None
+        return DeltaReader(plan.header, plan.ranges, reader.read_at, name=item.relative, close=reader.close)
 
     def file_done(self, entry: FileEntry, size: int, sha256: str) -> None:
         """Record the digest of a saved item; report disk throughput."""
@@ -300,8 +346,23 @@ class HyperVBackupSource:
 
     # ------------------------------------------------------------------ resolution
 
+    def _load_previous(self) -> None:
+        """Sort the previous job's records (all of them arrived by the first ListFiles)."""
+        if self.level is BackupLevel.FULL:
+            return
+        self.previous = previous_backup(self._ctx.base_objects)
+        for problem in self.previous.problems:
+            log.warning("a record of the previous backup cannot be used: %s", problem)
+        if self.previous.job_id is None:
+            log.warning("%s backup without any record of an earlier backup from Bareos: every disk is "
+                        "copied in full", self.level.value)
+        else:
+            log.info("%s backup based on job %d (%d VM(s) in its records)", self.level.value,
+                     self.previous.job_id, len(self.previous.vms))
+
     def _resolve(self) -> None:
         """Find the VMs the FileSet names (one inventory of the host or cluster)."""
+        self._load_previous()
         client = self.connector.client(self.entry)
         cluster = clusterops.cluster_of(client)
         found: List[vmops.VmSummary] = []
@@ -375,7 +436,12 @@ class HyperVBackupSource:
         settings = vmops.read_settings(client, vm)
         config = vmops.normalise(vm, settings, host.switches)
         images = ImageService(services, timeout=self.timeout)
-        disks, files = self._disks(config, images)
+        if self.level is not BackupLevel.FULL:
+            run.base = self.previous.vm(vm.ref.guid)
+            if run.base is None and self.previous.job_id is not None:
+                log.warning("%s: job %d did not back this VM up: every disk of it is copied in full", vm.ref.name,
+                            self.previous.job_id)
+        disks, files = self._disks(config, images, run.base)
 
         before = self._recovery_ids(client, vm)
         try:
@@ -401,7 +467,7 @@ class HyperVBackupSource:
 
         manifest = Manifest(
             backup=BackupFacts(
-                level=BackupLevel.FULL,
+                level=self.level,
                 job_id=self.job_id,
                 time=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0),
                 consistency_requested=ConsistencyMode(self.consistency.value),
@@ -409,6 +475,10 @@ class HyperVBackupSource:
                 plugin_version=__version__,
                 checkpoint_id=run.checkpoint.instance_id,
                 warnings=list(run.checkpoint.warnings),
+                base_job_id=None if run.base is None else run.base.manifest.backup.job_id,
+                next_file_index=max([f.index + 1 for d in disks for f in d.chain]
+                                    + [run.base.manifest.backup.next_file_index or 0 if run.base else 0]),
+                since=_dt.datetime.fromtimestamp(self.since, _dt.timezone.utc) if self.since and run.base else None,
             ),
             vm=config,
             host=host,
@@ -427,13 +497,113 @@ class HyperVBackupSource:
         self._add(run, MANIFEST_FILE, FileEntry(name="", size=len(data), mtime=now, mode=FILE_MODE), content=data)
         for relative, location, size, mtime in config_items:
             self._add(run, relative, FileEntry(name="", size=size, mtime=mtime, mode=FILE_MODE), location=location)
+        self._plan_disks(run, config, disks, files, images=images, manager=manager)
+        self._chain_in_manifest_file(run)
+
+    def _chain_in_manifest_file(self, run: _VmRun) -> None:
+        """``manifest.xml`` names, per disk file saved as a delta, the chain that rebuilds it.
+
+        A delta's result is known before the list is returned, so the manifest in the save set can
+        say which image each such file must end at: a restore to a directory checks that no final
+        delta is missing (a full copy's digest is known only after its transfer; it needs no chain).
+        """
+        assert run.manifest is not None
+        by_index = {i.disk.file.index: i for i in run.items.values() if i.disk is not None
+                    and i.disk.plan.method is not None and i.disk.plan.result is not None}
+        if not by_index:
+            return
+        disks = []
+        for disk_backup in run.manifest.disks:
+            chain = []
+            for f in disk_backup.chain:
+                item = by_index.get(f.index)
+                if item is None or item.disk is None or item.disk.plan.result is None:
+                    chain.append(f)
+                    continue
+                plan = item.disk.plan
+                assert plan.result is not None
+                chain.append(dataclasses.replace(f, file_size=plan.size, sha256=plan.sha256,
+                                                 image_digest=plan.result.digest(), chunk_size=plan.chunk_size,
+                                                 chain=_chain_of(item, self.job_id)))
+            disks.append(dataclasses.replace(disk_backup, chain=chain))
+        data = to_xml(dataclasses.replace(run.manifest, disks=disks))
+        item = run.items[f"{run.directory}/{MANIFEST_FILE}"]
+        entry = dataclasses.replace(item.entry, size=len(data))
+        run.items[entry.name] = dataclasses.replace(item, entry=entry, content=data)
+
+    def _plan_disks(self, run: _VmRun, config: VmConfig, disks: List[DiskBackup],
+                    files: List[tuple[DiskFile, str]], *, images: ImageService, manager: CheckpointManager) -> None:
+        """Decide for every disk file whether it is copied in full or as a delta, and list it.
+
+        Each decision is logged with its reason (``backup.incremental``).  Change tracking is
+        asked only for the file each drive writes to (the first of its chain), only when the
+        base job's reference point still exists and recorded an RCT id for the drive.
+        """
+        vm = run.summary
+        no_rct = self._rct_unavailable(run, config, manager)
+        ids = rct_ids(run.base.manifest) if run.base is not None else {}
+        leaves = {d.chain[0].index: d.settings_id for d in disks if d.chain}
+        drives = {d.settings_id: d for d in config.drives}
+        mtime = int(time.time())
         for disk_file, host_path in files:
             location = self.resolver.resolve(host_path, run.node)
-            st = self.storage.stat(location)
-            relative = f"{DISKS_DIR}/{disk_file.index}-{escape_component(PureWindowsPath(host_path).name)}"
+            file_name = escape_component(PureWindowsPath(host_path).name)
+            base = run.base.base_for(host_path) if run.base is not None else None
+            why_full = ""
+            if run.base is not None and base is None:
+                why_full = (f"no base for it in job {run.base.manifest.backup.job_id} (a disk added since, or its "
+                            "record could not be saved)")
+            rct = None
+            reason = no_rct
+            info = disk_file.info
+            if base is not None and not reason:
+                settings_id = leaves.get(disk_file.index)
+                rct_id = _rct_id_of(ids, drives.get(settings_id or "")) if settings_id else None
+                if settings_id is None:
+                    reason = "it is a parent in the disk's checkpoint chain (change tracking covers the file in use)"
+                elif info.format is not DiskFormat.VHDX:
+                    reason = "VHD files have no resilient change tracking"
+                elif not rct_id:
+                    reason = "the reference point of the base job has no change tracking id for this disk"
+                else:
+                    path, limit, size = info.path, rct_id, info.virtual_size
+                    rct = functools.partial(images.changed_ranges, path, limit, size)
+            plan = plan_file(self.storage, location, PureWindowsPath(host_path).name, job_id=self.job_id, base=base,
+                             rct=rct, no_rct_reason=reason, virtual_size=info.virtual_size, why_full=why_full,
+                             tick=self._ctx.heartbeat)
+            if plan.method is None:
+                relative = f"{DISKS_DIR}/{disk_file.index}-{file_name}"
+                if run.base is not None:
+                    log.warning("%s: %s is copied in full: %s", vm.ref.name, relative, plan.reason)
+            else:
+                relative = f"{DISKS_DIR}/{disk_file.index}-{file_name}{DELTA_MARKER}{self.job_id}"
+                say = log.info if plan.method in (DeltaMethod.RCT, DeltaMethod.UNCHANGED) else log.warning
+                if plan.method is DeltaMethod.HASH and reason == "VHD files have no resilient change tracking":
+                    say = log.info  # expected every time: not worth a warning
+                what = {DeltaMethod.RCT: "changes from change tracking", DeltaMethod.HASH: "changed chunks by digest",
+                        DeltaMethod.UNCHANGED: "no changes"}[plan.method]
+                say("%s: %s: %s (%s); delta of %.1f MB against job %d, %.1f MB read", vm.ref.name,
+                    PureWindowsPath(host_path).name, what, plan.reason, plan.item_size / _MB,
+                    plan.header.base_job_id if plan.header else 0, plan.bytes_read / _MB)
             run.disk_sources[relative] = host_path
-            self._add(run, relative, FileEntry(name="", size=st.size, mtime=int(st.mtime), mode=FILE_MODE),
-                      location=location)
+            self._add(run, relative, FileEntry(name="", size=plan.item_size, mtime=mtime, mode=FILE_MODE),
+                      location=location, disk=_DiskItem(disk_file, host_path, plan, base))
+
+    def _rct_unavailable(self, run: _VmRun, config: VmConfig, manager: CheckpointManager) -> str:
+        """Why no disk of the VM can use change tracking this time ("" when it can be asked)."""
+        if run.base is None:
+            return "no base"
+        base_job = run.base.manifest.backup.job_id
+        point = run.base.manifest.backup.reference_point
+        if point is None:
+            return f"job {base_job} left no reference point"
+        if not _config_has_rct(config.version):
+            return f"configuration version {config.version} has no resilient change tracking (it needs above 5.0)"
+        present = {r.str("InstanceID").lower() for r in manager.reference_points(run.summary.epr)}
+        if point.instance_id.lower() not in present:
+            return (f"the reference point of job {base_job} is gone (removed on the host, or the VM was restored "
+                    "or moved to a host that reset change tracking)")
+        return ""
 
     @staticmethod
     def _recovery_checkpoints(client: CimClient, vm: vmops.VmSummary) -> List[CimInstance]:
@@ -466,19 +636,34 @@ class HyperVBackupSource:
             log.error("%s: could not check for a recovery checkpoint left by the failed attempt: %s; the "
                       "next job of this plugin removes it once named, or delete it on the host", vm.ref.name, exc)
 
-    def _disks(self, config: VmConfig, images: ImageService) -> tuple[List[DiskBackup], List[tuple[DiskFile, str]]]:
-        """Each drive's chain (leaf first) and the files to save; skipped drives say why."""
+    def _disks(self, config: VmConfig, images: ImageService,
+               base: Optional[VmBase]) -> tuple[List[DiskBackup], List[tuple[DiskFile, str]]]:
+        """Each drive's chain (leaf first) and the files to save; skipped drives say why.
+
+        A file keeps the number ``<n>`` it had in the base job (matched by host path), so that
+        its deltas carry the name of its full copy; files new since then get numbers above all
+        the base job used.
+        """
         disks: List[DiskBackup] = []
         files: List[tuple[DiskFile, str]] = []
+        known: Dict[str, int] = {}
         index = 0
+        if base is not None:
+            for disk in base.manifest.disks:
+                for f in disk.chain:
+                    known.setdefault(f.info.path.lower(), f.index)
+                    index = max(index, f.index + 1)
+            index = max(index, base.manifest.backup.next_file_index or 0)
         for drive in config.drives:
             if drive.kind is DriveKind.VIRTUAL_DISK and drive.path:
                 chain = []
                 for info in images.chain(drive.path):
-                    disk_file = DiskFile(index=index, info=info, file_size=0)
+                    number = known.get(info.path.lower())
+                    if number is None or any(f.index == number for f, _p in files):
+                        number, index = index, index + 1
+                    disk_file = DiskFile(index=number, info=info, file_size=0)
                     chain.append(disk_file)
                     files.append((disk_file, info.path))
-                    index += 1
                 disks.append(DiskBackup(settings_id=drive.settings_id, chain=chain))
             elif drive.kind in (DriveKind.PASS_THROUGH, DriveKind.SHARED_DISK):
                 reason = ("pass-through disks are host disks that checkpoints cannot capture"
@@ -513,10 +698,10 @@ class HyperVBackupSource:
         return out
 
     def _add(self, run: _VmRun, relative: str, entry: FileEntry, *, location: Optional[Location] = None,
-             content: Optional[bytes] = None) -> None:
+             content: Optional[bytes] = None, disk: Optional[_DiskItem] = None) -> None:
         name = f"{run.directory}/{relative}"
         entry = FileEntry(name=name, size=entry.size, mtime=entry.mtime, mode=entry.mode)
-        run.items[name] = _Item(entry=entry, relative=relative, location=location, content=content)
+        run.items[name] = _Item(entry=entry, relative=relative, location=location, content=content, disk=disk)
 
     def _finish(self, run: _VmRun) -> List[FileEntry]:
         """Every item of the VM is saved: keep the checkpoint as a reference point, clean up, list digests."""
@@ -526,6 +711,7 @@ class HyperVBackupSource:
             raise HyperVError("not every item of the VM reached the storage daemon",
                               context={"vm": str(run.summary.ref), "missing": ", ".join(missing)},
                               what_to_do="look for earlier errors in the job log")
+        self._complete_full_copies(run)
         try:
             rp = run.manager.to_reference_point(run.checkpoint)
         except NotFoundFault:
@@ -545,8 +731,7 @@ class HyperVBackupSource:
         seconds = max(time.monotonic() - run.started, 1e-6)
         log.info("%s: backed up %d files, %.1f MB in %.1f s (%.1f MB/s)", run.summary.ref.name, len(run.items),
                  run.bytes / _MB, seconds, run.bytes / _MB / seconds)
-        lines = "".join(f"{digest}  {relative}\n" for relative, digest in sorted(run.digests.items()))
-        data = lines.encode("utf-8")
+        data = _trailer(run).encode("utf-8")
         self._add(run, TRAILER_FILE, FileEntry(name="", size=len(data), mtime=int(time.time()), mode=FILE_MODE),
                   content=data)
         run.trailer_listed = True
@@ -554,10 +739,53 @@ class HyperVBackupSource:
         final = to_xml(_with_reference_point(self._final_manifest(run), rp)).decode("utf-8")
         if len(final.encode("utf-8")) > MAX_OBJECT_BYTES:
             log.warning("%s: the manifest (%d bytes) is too large for a Bareos restore object; a restore into "
-                        "Hyper-V will not be possible, a restore of the files is", run.summary.ref.name, len(final))
+                        "Hyper-V will not be possible, a restore of the files is, and the next incremental or "
+                        "differential copies every disk in full", run.summary.ref.name, len(final))
         else:
             out.append(FileEntry(name=f"{run.directory}/{MANIFEST_OBJECT}", size=len(final), mtime=int(time.time()),
                                  mode=FILE_MODE, restore_object=final))
+        out += self._base_objects(run)
+        return out
+
+    def _complete_full_copies(self, run: _VmRun) -> None:
+        """The chunk digests of every full copy, gathered while the core read it."""
+        for item in run.items.values():
+            plan = item.disk.plan if item.disk is not None else None
+            if plan is None or plan.method is not None or plan.result is not None:
+                continue
+            assert plan.hasher is not None
+            plan.result = plan.hasher.finish()
+            plan.sha256 = run.digests[item.relative]
+            if plan.result.size != plan.size:
+                raise HyperVError(f"{item.relative} was saved with {plan.result.size} bytes, but the file has "
+                                  f"{plan.size}", context={"vm": str(run.summary.ref)},
+                                  what_to_do="make sure nothing writes to the file during the backup and run the "
+                                             "job again")
+
+    def _base_objects(self, run: _VmRun) -> List[FileEntry]:
+        """One restore object per disk file: its image as this job leaves it, for the next job."""
+        out = []
+        now = int(time.time())
+        for item in sorted(run.items.values(), key=lambda i: i.relative):
+            disk = item.disk
+            if disk is None:
+                continue
+            plan, info = disk.plan, disk.file.info
+            assert plan.result is not None
+            record = DiskBase(
+                vm_guid=run.summary.ref.guid, index=disk.file.index, path=disk.host_path,
+                disk_format="VHDX" if info.format is DiskFormat.VHDX else "VHD", disk_id=info.disk_id,
+                virtual_size=info.virtual_size, block_size=info.block_size, job_id=self.job_id,
+                hashes=plan.result, sha256=plan.sha256, chain=list(_chain_of(item, self.job_id)),
+                bat_offset=plan.bat_offset, bat=plan.bat)
+            text = record.to_text()
+            if len(text) > MAX_OBJECT_BYTES:
+                log.warning("%s: the record of %s (%d bytes) is too large for a Bareos restore object; the next "
+                            "incremental or differential copies this file in full", run.summary.ref.name,
+                            item.relative, len(text))
+                continue
+            out.append(FileEntry(name=base_object_name(run.directory, disk.file.index), size=len(text), mtime=now,
+                                 mode=FILE_MODE, restore_object=text))
         return out
 
     # ------------------------------------------------------------------ this plugin's reference points
@@ -589,9 +817,16 @@ class HyperVBackupSource:
         entries = [e for e in entries if e.instance_id.lower() != rp.instance_id.lower()]
         # Recorded before anything is destroyed: should the rest fail, a later job knows the new one is ours.
         saved = self._write_ledger(run, folder, ledger, where, [*entries, new])
+        # After an Incremental or Differential the last Full's reference point stays: a later
+        # Differential asks change tracking for the changes since that Full (at most two per VM).
+        kept = _full_base(entries) if self.level is not BackupLevel.FULL else None
+        if kept is not None:
+            log.info("%s: reference point %s of the Full job %d is kept as the base of differential backups",
+                     name, kept.instance_id, kept.job_id)
         try:
-            result = run.manager.replace_reference_points(run.summary.epr, keep=[rp.instance_id],
-                                                          ours=[e.instance_id for e in entries])
+            result = run.manager.replace_reference_points(
+                run.summary.epr, keep=[rp.instance_id] + ([kept.instance_id] if kept else []),
+                ours=[e.instance_id for e in entries])
         except BareosHyperVError as exc:
             log.warning("%s: the older reference points of this plugin could not be listed (%s); they are kept "
                         "and the next job removes them", name, exc)
@@ -607,7 +842,7 @@ class HyperVBackupSource:
             log.info("%s: %d reference point(s) that this plugin did not record are left alone: %s", name,
                      len(result.others), ", ".join(result.others))
         failed = {rid.lower() for rid in result.failed}
-        left = [e for e in entries if e.instance_id.lower() in failed]
+        left = [e for e in entries if e.instance_id.lower() in failed or e is kept]
         if saved and len(left) == len(entries):
             return  # the record is already right
         self._write_ledger(run, folder, ledger, where, [*left, new])
@@ -664,30 +899,49 @@ class HyperVBackupSource:
         return True
 
     def _final_manifest(self, run: _VmRun) -> Manifest:
-        """The manifest with what the core received: size and SHA-256 of every part and disk file."""
+        """The manifest with what the core received: size and SHA-256 of every part and disk file.
+
+        A disk file saved as a delta records its file size (not the delta's), its plain SHA-256
+        when the job read it whole, its image digest, and the chain of parts that rebuild it.
+        """
         assert run.manifest is not None
         manifest = run.manifest
-        sizes = {item.relative: item.entry.size for item in run.items.values()}
-        by_index: Dict[int, str] = {}
+        by_index: Dict[int, _Item] = {}
         parts: List[SaveSetPart] = []
-        for relative, digest in sorted(run.digests.items()):
+        for item in sorted(run.items.values(), key=lambda i: i.relative):
+            relative = item.relative
+            digest = run.digests.get(relative)
+            if digest is None:
+                continue
             if relative.startswith(CONFIG_DIR + "/"):
-                parts.append(SaveSetPart(kind=PartKind.CONFIG, name=relative, size=sizes[relative], sha256=digest))
-            elif relative in run.disk_sources:
-                index = int(relative[len(DISKS_DIR) + 1:].split("-", 1)[0])
-                by_index[index] = relative
-                parts.append(SaveSetPart(kind=PartKind.DISK, name=relative, size=sizes[relative], sha256=digest,
-                                         file_index=index, source=run.disk_sources[relative]))
-        disks = []
-        for disk in manifest.disks:
-            chain = []
-            for f in disk.chain:
-                saved = by_index.get(f.index)
-                if saved is None:
-                    chain.append(f)
+                parts.append(SaveSetPart(kind=PartKind.CONFIG, name=relative, size=item.entry.size, sha256=digest))
+            elif item.disk is not None:
+                disk, plan = item.disk, item.disk.plan
+                by_index[disk.file.index] = item
+                if plan.method is None:
+                    parts.append(SaveSetPart(kind=PartKind.DISK, name=relative, size=item.entry.size, sha256=digest,
+                                             file_index=disk.file.index, source=disk.host_path))
                 else:
-                    chain.append(dataclasses.replace(f, file_size=sizes[saved], sha256=run.digests[saved]))
-            disks.append(dataclasses.replace(disk, chain=chain))
+                    assert plan.header is not None
+                    parts.append(SaveSetPart(kind=PartKind.DELTA, name=relative, size=item.entry.size, sha256=digest,
+                                             file_index=disk.file.index, source=disk.host_path,
+                                             base_job_id=plan.header.base_job_id,
+                                             base_digest=plan.header.base_digest,
+                                             result_digest=plan.header.result_digest, method=plan.method))
+        disks = []
+        for disk_backup in manifest.disks:
+            chain = []
+            for f in disk_backup.chain:
+                saved = by_index.get(f.index)
+                if saved is None or saved.disk is None:
+                    chain.append(f)
+                    continue
+                plan = saved.disk.plan
+                assert plan.result is not None
+                chain.append(dataclasses.replace(f, file_size=plan.size, sha256=plan.sha256,
+                                                 image_digest=plan.result.digest(), chunk_size=plan.chunk_size,
+                                                 chain=_chain_of(saved, self.job_id)))
+            disks.append(dataclasses.replace(disk_backup, chain=chain))
         backup = dataclasses.replace(manifest.backup, parts=parts)
         return dataclasses.replace(manifest, backup=backup, disks=disks)
 
@@ -844,6 +1098,12 @@ class _LedgerEntry:
     level: str
 
 
+def _full_base(entries: Sequence[_LedgerEntry]) -> Optional[_LedgerEntry]:
+    """The reference point of the most recent Full job among the recorded ones (None: none recorded)."""
+    fulls = [e for e in entries if e.level == BackupLevel.FULL.value]
+    return max(fulls, key=lambda e: e.job_id) if fulls else None
+
+
 def _ledger_text(vm_guid: str, entries: Sequence[_LedgerEntry]) -> bytes:
     """The record: comment lines, then ``<InstanceID> TAB <job id> TAB <level>`` per reference point."""
     lines = [f"# bareos-hyperv: the reference points this plugin made for VM {vm_guid.upper()}.",
@@ -862,6 +1122,59 @@ def _parse_ledger(data: bytes) -> List[_LedgerEntry]:
             continue
         out.append(_LedgerEntry(fields[0], int(fields[1]), fields[2]))
     return out
+
+
+def _chain_of(item: _Item, job_id: int) -> tuple[ChainPart, ...]:
+    """The parts that rebuild a saved disk file: its base's chain and this job's part."""
+    assert item.disk is not None
+    plan = item.disk.plan
+    assert plan.result is not None
+    kind = PartKind.DISK if plan.method is None else PartKind.DELTA
+    link = ChainPart(job_id=job_id, name=item.relative, kind=kind, image_digest=plan.result.digest())
+    before = item.disk.base.chain if item.disk.base is not None and plan.method is not None else []
+    return (*before, link)
+
+
+def _trailer(run: _VmRun) -> str:
+    """``SHA256SUMS``: ``sha256sum -c`` format, of the files a restore to a directory leaves.
+
+    Deltas are applied during such a restore, so a disk file is listed under its own name with
+    the SHA-256 of the whole file, when the job knows it (a full copy, or a delta made by reading
+    the whole file); a file whose delta came from change tracking is proven by its image digest
+    (manifest) instead.
+    """
+    lines = []
+    for relative, digest in sorted(run.digests.items()):
+        item = run.items[f"{run.directory}/{relative}"]
+        if item.disk is None:
+            lines.append((relative, digest))
+            continue
+        plan = item.disk.plan
+        if plan.method is None:
+            lines.append((relative, digest))
+        elif plan.sha256:
+            lines.append((relative.rsplit(DELTA_MARKER, 1)[0], plan.sha256))
+    return "".join(f"{digest}  {relative}\n" for relative, digest in sorted(lines))
+
+
+def _config_has_rct(version: str) -> bool:
+    """Resilient change tracking needs a configuration version above 5.0 (``hyperv-wmi.md`` §4.4)."""
+    major, _, minor = version.partition(".")
+    try:
+        return (int(major), int(minor or 0)) > (5, 0)
+    except ValueError:
+        return False
+
+
+def _rct_id_of(ids: Mapping[str, str], drive: Optional[Drive]) -> Optional[str]:
+    """The drive's RCT id at the base's reference point.
+
+    ``VirtualDiskIdentifiers`` name the drive's virtual-disk settings object, the InstanceID the
+    manifest keeps as the drive's ``settings_id``; compared case-insensitively.
+    """
+    if drive is None:
+        return None
+    return ids.get(drive.settings_id.lower()) or None
 
 
 def _with_reference_point(manifest: Manifest, rp: ReferencePoint) -> Manifest:

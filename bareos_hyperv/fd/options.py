@@ -1,4 +1,4 @@
-"""Plugin options, declared with types and defaults in the style of Bareos's Proxmox plugin.
+r"""Plugin options, declared with types and defaults in the style of Bareos's Proxmox plugin.
 
 Runs inside bareos-fd: standard library only.  Each option is declared once with
 :func:`make_opt` (type, default, which sources need it); values arrive as ``key=value`` items of
@@ -11,12 +11,29 @@ overrides win; at backup a later ``pluginoptions`` can only add keys.
 
 Options whose name starts with ``restore_`` matter only at restore; they are accepted (and
 ignored) at backup so that one FileSet line can carry them.
+
+Problems are remembered, not raised, while the definition is parsed
+(:meth:`PluginOptions.collect_definition`): a fatal error while a real Bareos 25.1 fd parses the
+fileset cancels the job before its storage-daemon handshake and three more fatal lines follow
+(reference §12).  :meth:`PluginOptions.check` and :meth:`PluginOptions.restore_options` report them
+all at once, when the job starts its work.
+
+Spellings that survive the director (see README, "Writing option values"): inside a quoted string
+of ``bareos-dir.conf`` (``lib/lex.cc``) and in a bconsole command (``lib/scan.cc`` ``next_arg``) a
+backslash escapes the next character and is dropped, so ``\:`` arrives as ``:`` and ``C:\VMs`` as
+``C:VMs``.  So values need neither: a port follows ``#`` (``HV01=10.0.0.5#5985``), Windows paths take
+``/`` and the drive as ``C$`` (``C$/ClusterStorage/Volume1``, ``//server/share``).  The old
+spelling still works when it reaches the plugin as ``\:`` (written ``\\:`` in bareos-dir.conf or
+bconsole); a value visibly cut at a ``:`` or stripped of its backslashes is refused with the
+spelling to use.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from bareos_hyperv.errors import ConfigurationError
 from bareos_hyperv.protocol.messages import (
@@ -28,7 +45,8 @@ from bareos_hyperv.protocol.messages import (
     parse_pairs,
 )
 
-__all__ = ["OPTIONS", "SOURCES", "OptionSpec", "PluginOptions", "make_opt", "split_definition"]
+__all__ = ["OPTIONS", "SOURCES", "OptionSpec", "PluginOptions", "RawItem", "make_opt", "scan_definition",
+           "split_definition"]
 
 Value = Union[str, int, bool]
 
@@ -37,6 +55,14 @@ FALSE_WORDS = frozenset({"no", "off", "false", "0"})
 SOURCES = ("hyperv", "files", "smb")
 CONSISTENCY = ("application", "application-required", "crash")
 TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
+
+
+# Value syntaxes of string options that hold endpoints or Windows paths (see the module docstring).
+ENDPOINTS = "endpoints"  # NODE=address[#port],...
+WINPATH = "winpath"  # one Windows path
+SHARE_MAP = "share_map"  # [NODE/]prefix=//server/share;...
+PATH_MAP = "path_map"  # [NODE/]prefix=/local/dir;...
+DISK_MAP = "disk_map"  # DISK=FOLDER,...
 
 
 @dataclass(frozen=True)
@@ -49,12 +75,13 @@ class OptionSpec:
     choices: Tuple[str, ...] = ()
     to_agent: bool = True
     help: str = ""
+    syntax: str = ""  # one of ENDPOINTS, WINPATH, ...: normalised to the form the agent parses
 
 
 def make_opt(kind: type, default: Optional[Value] = None, *, required_for: Tuple[str, ...] = (),
-             choices: Tuple[str, ...] = (), to_agent: bool = True, help: str = "") -> OptionSpec:
+             choices: Tuple[str, ...] = (), to_agent: bool = True, help: str = "", syntax: str = "") -> OptionSpec:
     """Declare an option: ``kind`` is str, int or bool; ``required_for`` names the sources that need it."""
-    return OptionSpec(kind, default, required_for, choices, to_agent, help)
+    return OptionSpec(kind, default, required_for, choices, to_agent, help, syntax)
 
 
 OPTIONS: Dict[str, OptionSpec] = {
@@ -71,14 +98,18 @@ OPTIONS: Dict[str, OptionSpec] = {
     "port": make_opt(int, help="WinRM port"),
     "ca_trust_path": make_opt(str, help="CA bundle that signs the hosts' WinRM HTTPS certificates"),
     "cert_validation": make_opt(bool, True, help="verify WinRM HTTPS certificates"),
-    "host_map": make_opt(str, help="NODE=address[:port],... WinRM endpoints when names do not resolve"),
-    "smb_host_map": make_opt(str, help="NODE=address[:port],... SMB endpoints when names do not resolve"),
+    "host_map": make_opt(str, help="NODE=address[#port],... WinRM endpoints when names do not resolve",
+                         syntax=ENDPOINTS),
+    "smb_host_map": make_opt(str, help="NODE=address[#port],... SMB endpoints when names do not resolve",
+                             syntax=ENDPOINTS),
     "data": make_opt(str, "smb", choices=("smb", "local"), help="read disks over SMB or from local mounts"),
-    "share_map": make_opt(str, help="HOSTPATH=\\\\server\\share;... SMB shares for host paths"),
-    "path_map": make_opt(str, help="HOSTPATH=/local/dir;... local mounts for host paths (data=local)"),
+    "share_map": make_opt(str, help="HOSTPATH=//server/share;... SMB shares for host paths", syntax=SHARE_MAP),
+    "path_map": make_opt(str, help="HOSTPATH=/local/dir;... local mounts for host paths (data=local)",
+                         syntax=PATH_MAP),
     "consistency": make_opt(str, "application", choices=CONSISTENCY,
                             help="application (crash fallback with a warning), application-required or crash"),
-    "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)"),
+    "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)",
+                             syntax=WINPATH),
     "timeout": make_opt(int, 1800, help="seconds a Hyper-V operation (checkpoint, export) may take"),
     # No default here: unset, the agent's environment (BAREOS_HYPERV_SMB_MOVER) or smbprotocol decides.
     "smb_mover": make_opt(str, choices=("smbprotocol", "auto", "smbclient"),
@@ -106,8 +137,9 @@ OPTIONS: Dict[str, OptionSpec] = {
     "restore_new_id": make_opt(bool, help="yes: new VM ID (a copy); no: keep it (default: keep when free)"),
     "restore_overwrite": make_opt(bool, False, help="replace the existing VM with the same ID"),
     "restore_force_off": make_opt(bool, False, help="turn the VM to be overwritten off if it runs"),
-    "restore_storage": make_opt(str, help="one host folder or CSV for configuration and disks"),
-    "restore_disk_map": make_opt(str, help="DISK=FOLDER,... per disk (disk by file name, source path or slot)"),
+    "restore_storage": make_opt(str, help="one host folder or CSV for configuration and disks", syntax=WINPATH),
+    "restore_disk_map": make_opt(str, help="DISK=FOLDER,... per disk (disk by file name, source path or slot)",
+                                 syntax=DISK_MAP),
     "restore_switch_map": make_opt(str, help="OLD=NEW,... switch names at the destination"),
     "restore_missing_switch": make_opt(str, "fail", choices=("fail", "disconnect"),
                                        help="adapters whose switch the destination lacks: fail or disconnect"),
@@ -140,12 +172,209 @@ def split_definition(plugindef: str) -> Tuple[List[Tuple[str, str]], List[str]]:
     return items, warnings
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class RawItem:
+    r"""One ``key=value`` item of a plugin definition, as written.
+
+    ``tail`` holds what followed the value up to the next item: parts that cannot start an option
+    (no ``=``, or a key that is not a name, such as ``5985,HV02=10.0.0.6`` or ``/VMs``).  They show that
+    a ``:`` inside the value ended it: the director turned the ``\:`` it was written with into ``:``.
+    """
+
+    key: str
+    value: str
+    tail: List[str]
+
+    @property
+    def written(self) -> str:
+        """The value as it was meant: the value and its tail joined by the ``:`` that cut them."""
+        return ":".join([self.value, *self.tail])
+
+
+def scan_definition(plugindef: str) -> List[RawItem]:
+    r"""Split ``k=v:k2=v2:`` into items: ``\:`` keeps a colon in a value (as the Bareos base class);
+    a part that cannot start an option goes to the previous item's :attr:`RawItem.tail`."""
+    items: List[RawItem] = []
+    parts = plugindef.split(":")
+    while parts:
+        part = parts.pop(0)
+        while part.endswith("\\") and parts:
+            part = part[:-1] + ":" + parts.pop(0)
+        if not part.strip():
+            continue
+        raw_key, eq, raw_val = part.partition("=")
+        if eq and _IDENTIFIER.match(raw_key.strip()):
+            items.append(RawItem(raw_key.strip(), raw_val.strip(), []))
+        elif items:
+            items[-1].tail.append(part.strip())
+        else:
+            items.append(RawItem(raw_key.strip(), raw_val.strip(), []))
+    return items
+
+
+# -- value syntaxes ------------------------------------------------------------------------------
+
+_DRIVE = re.compile(r"([A-Za-z])[:$](?:[\\/]|\Z)")
+_DRIVE_ONLY = re.compile(r"[A-Za-z][:$]")
+_MAP_NODE = re.compile(r"(?P<node>[A-Za-z0-9][A-Za-z0-9._-]+)[:/](?=[A-Za-z][:$]|[\\/]{2})")
+_SLASHES = "\\/"
+
+
+def _winpath(key: str, value: str) -> str:
+    r"""``C$/a/b``, ``C:/a/b``, ``C:\a\b`` -> ``C:\a\b``; ``//srv/share/x`` -> ``\\srv\share\x``.
+
+    A drive path whose separators are gone (``C:ClusterStorage``: the director dropped the
+    backslashes) and a UNC path that lost one (``\srv\share``) are refused with the spelling to use.
+    Anything else is left for the restore planner or the agent to judge.
+    """
+    text = value.strip()
+    m = _DRIVE.match(text)
+    if m:
+        rest = text[2:].replace("/", "\\")
+        return f"{m.group(1).upper()}:{rest if rest else chr(92)}"
+    if _DRIVE_ONLY.match(text):
+        raise ConfigurationError(
+            f"option {key}={value} is not an absolute Windows path: no \\ or / follows the drive, so the "
+            "backslashes were probably removed (a single \\ is dropped in bareos-dir.conf and in bconsole)",
+            what_to_do=f"write the path with / and the drive as {text[0].upper()}$, e.g. "
+                       f"{key}={text[0].upper()}$/ClusterStorage/Volume1")
+    if text[:2] in ("//", "\\\\", "/\\", "\\/"):
+        return "\\\\" + text[2:].replace("/", "\\")
+    if text.startswith("\\"):
+        raise ConfigurationError(
+            f"option {key}={value} starts with a single backslash: a UNC path lost one of its two leading "
+            "backslashes (a single \\ is dropped in bareos-dir.conf and in bconsole)",
+            what_to_do=f"write the UNC path with forward slashes, e.g. {key}=//server/share/folder")
+    return text
+
+
+def _suggest_winpath(value: str) -> str:
+    text = value.strip()
+    if _DRIVE.match(text):
+        return f"{text[0].upper()}$" + text[2:].replace("\\", "/")
+    if text[:2] in ("\\\\", "//"):
+        return "//" + text[2:].replace("\\", "/")
+    return text.replace("\\", "/")
+
+
+def _split_entries(value: str, sep: str) -> List[str]:
+    return [e.strip() for e in value.split(sep) if e.strip()]
+
+
+def _endpoints(key: str, value: str) -> str:
+    """``NODE=address#port,...`` (or ``address:port`` from ``\\:``) -> ``NODE=address:port,...``."""
+    out: List[str] = []
+    for entry in _split_entries(value, ","):
+        node, eq, target = entry.partition("=")
+        target = target.strip()
+        if not eq or not node.strip() or not target:
+            raise ConfigurationError(
+                f"option {key}: entry '{entry}' is not NODE=address or NODE=address#port",
+                what_to_do=f"write {key}=NODE=address#port,NODE2=address2#port (a port after #)")
+        address, sep, port = target.rpartition("#") if "#" in target else target.rpartition(":")
+        if not sep:
+            address, port = target, ""
+        elif not port.isdigit() or not 0 < int(port) < 65536 or not address.strip():
+            raise ConfigurationError(
+                f"option {key}: entry '{entry}' has no address or an invalid port '{port}'",
+                what_to_do=f"write {key}=NODE=address#port with a TCP port between 1 and 65535 after #")
+        out.append(f"{node.strip()}={address.strip()}" + (f":{port}" if port else ""))
+    return ",".join(out)
+
+
+def _suggest_endpoints(value: str) -> str:
+    out = []
+    for entry in _split_entries(value, ","):
+        node, eq, target = entry.partition("=")
+        address, sep, port = target.rpartition(":")
+        out.append(f"{node}{eq}{address}#{port}" if sep and port.isdigit() else entry)
+    return ",".join(out)
+
+
+def _host_map_entries(key: str, value: str, target_is_windows: bool) -> str:
+    r"""``[NODE/]prefix=target;...`` (``NODE:`` from ``\:`` too) -> ``[NODE:]C:\prefix=target;...``."""
+    out: List[str] = []
+    for raw in _split_entries(value, ";"):
+        node, entry = "", raw
+        m = _MAP_NODE.match(raw)
+        if m:
+            node, entry = m.group("node") + ":", raw[m.end():]
+        prefix, eq, target = entry.partition("=")
+        if eq:
+            prefix = _winpath(key, prefix)
+            target = _winpath(key, target) if target_is_windows else target.strip()
+        out.append(f"{node}{prefix}{eq}{target}")
+    return ";".join(out)
+
+
+def _suggest_host_map_entries(value: str) -> str:
+    out = []
+    for raw in _split_entries(value, ";"):
+        node, entry = "", raw
+        m = _MAP_NODE.match(raw)
+        if m:
+            node, entry = m.group("node") + "/", raw[m.end():]
+        prefix, eq, target = entry.partition("=")
+        target = _suggest_winpath(target) if target.strip()[:2] in ("\\\\", "//") else target
+        out.append(f"{node}{_suggest_winpath(prefix)}{eq}{target}")
+    return ";".join(out)
+
+
+def _looks_like_path(text: str) -> bool:
+    t = text.strip()
+    return bool(_DRIVE_ONLY.match(t)) or t[:1] in _SLASHES
+
+
+def _disk_map(key: str, value: str) -> str:
+    """``DISK=FOLDER,...``: paths among them as for :func:`_winpath`; disk names and slots unchanged."""
+    out: List[str] = []
+    for entry in _split_entries(value, ","):
+        disk, eq, folder = entry.partition("=")
+        if _looks_like_path(disk):
+            disk = _winpath(key, disk)
+        if eq and _looks_like_path(folder):
+            folder = _winpath(key, folder)
+        out.append(f"{disk.strip()}{eq}{folder.strip()}")
+    return ",".join(out)
+
+
+def _suggest_disk_map(value: str) -> str:
+    out = []
+    for entry in _split_entries(value, ","):
+        disk, eq, folder = entry.partition("=")
+        disk = _suggest_winpath(disk) if _looks_like_path(disk) else disk
+        out.append(f"{disk}{eq}{_suggest_winpath(folder) if _looks_like_path(folder) else folder}")
+    return ",".join(out)
+
+
+NORMALIZERS: Dict[str, Callable[[str, str], str]] = {
+    ENDPOINTS: _endpoints,
+    WINPATH: _winpath,
+    SHARE_MAP: lambda key, value: _host_map_entries(key, value, True),
+    PATH_MAP: lambda key, value: _host_map_entries(key, value, False),
+    DISK_MAP: _disk_map,
+}
+SUGGESTERS: Dict[str, Callable[[str], str]] = {
+    ENDPOINTS: _suggest_endpoints,
+    WINPATH: _suggest_winpath,
+    SHARE_MAP: _suggest_host_map_entries,
+    PATH_MAP: _suggest_host_map_entries,
+    DISK_MAP: _suggest_disk_map,
+}
+
+
 class PluginOptions:
     """The job's options: typed, validated, first value wins."""
 
     def __init__(self, specs: Optional[Dict[str, OptionSpec]] = None) -> None:
         self.specs = specs if specs is not None else OPTIONS
         self._values: Dict[str, Value] = {}
+        # Problems found while definitions were parsed, reported together by check()/restore_options().
+        self.problems: List[ConfigurationError] = []
+        self._problem_texts: Dict[str, str] = {}  # str(problem) -> option it is about
 
     def __contains__(self, key: str) -> bool:
         return key in self._values
@@ -169,24 +398,91 @@ class PluginOptions:
         if spec.choices and raw not in spec.choices:
             raise ConfigurationError(f"option {key}={raw} is not one of {', '.join(spec.choices)}",
                                      what_to_do=f"set {key} to one of {', '.join(spec.choices)}")
+        if spec.syntax:
+            return NORMALIZERS[spec.syntax](key, raw)
         return raw
+
+    def _unknown(self, key: str) -> ConfigurationError:
+        close = difflib.get_close_matches(key, list(self.specs), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return ConfigurationError(
+            f"unknown option '{key}' in the plugin definition",
+            what_to_do=f"{hint}remove it or correct its spelling; known options: {', '.join(sorted(self.specs))}")
 
     def add(self, key: str, raw: str) -> None:
         """Set ``key`` unless it is already set; unknown keys and bad values raise ConfigurationError."""
         if key not in self.specs:
-            raise ConfigurationError(
-                f"unknown option '{key}' in the plugin definition",
-                what_to_do=f"remove it or correct its spelling; known options: {', '.join(sorted(self.specs))}")
+            raise self._unknown(key)
         if key in self._values:
             return
         self._values[key] = self._convert(key, raw)
 
-    def add_definition(self, plugindef: str) -> List[str]:
-        """Add every item of a plugin definition; returns warnings, raises on the first bad item."""
-        items, warnings = split_definition(plugindef)
-        for key, raw in items:
-            self.add(key, raw)
+    def _cut(self, item: RawItem) -> ConfigurationError:
+        """A value followed by text that is no option: a ':' inside it ended it."""
+        rest = ":".join(item.tail)
+        message = (f"'{rest}' after {item.key}={item.value} is not an option (key=value): the value "
+                   f"{item.written} was cut at a ':' (':' separates options; bareos-dir.conf and bconsole "
+                   "turn \\: into ':')")
+        syntax = self.specs[item.key].syntax
+        if not syntax:
+            return ConfigurationError(message, what_to_do=(
+                f"if ':{rest}' belongs to the value of {item.key}, write that ':' as \\\\: in bareos-dir.conf "
+                "or bconsole (the plugin then receives \\:); otherwise remove it"))
+        try:
+            NORMALIZERS[syntax](item.key, item.written)
+        except ConfigurationError as exc:  # cut, and mangled besides (backslashes gone)
+            return ConfigurationError(f"{message}; {exc.message}", what_to_do=exc.what_to_do)
+        return ConfigurationError(message, what_to_do=(
+            f"write {item.key}={SUGGESTERS[syntax](item.written)} (no ':' and no '\\' needed; see "
+            "'Writing option values' in the README)"))
+
+    def _remember(self, key: str, problem: ConfigurationError) -> None:
+        text = str(problem)
+        if text not in self._problem_texts:
+            self._problem_texts[text] = key
+            self.problems.append(problem)
+
+    def collect_definition(self, plugindef: str) -> List[str]:
+        """Add every item of a plugin definition; returns warnings and remembers problems (never raises).
+
+        Unknown options, bad values and values cut at a ``:`` become :attr:`problems`; a key with a
+        problem is taken, so a later value of it does not quietly replace the refused one.
+        """
+        warnings: List[str] = []
+        for item in scan_definition(plugindef):
+            if item.key not in self.specs:
+                if item.key:  # an empty key is ignored, as by the Bareos base class
+                    self._remember(item.key, self._unknown(item.key))
+                continue
+            if item.key in self._values or item.key in self._problem_texts.values():
+                continue  # the first value wins, a refused one too
+            if item.tail:
+                self._remember(item.key, self._cut(item))
+            elif not item.value:
+                warnings.append(f"ignoring option '{item.key}' with no value")
+            else:
+                try:
+                    self.add(item.key, item.value)
+                except ConfigurationError as exc:
+                    self._remember(item.key, exc)
         return warnings
+
+    def add_definition(self, plugindef: str) -> List[str]:
+        """Add every item of a plugin definition; returns warnings, raises the problems it found."""
+        before = len(self.problems)
+        warnings = self.collect_definition(plugindef)
+        if len(self.problems) > before:
+            raise self._combined(self.problems[before:])
+        return warnings
+
+    @staticmethod
+    def _combined(problems: List[ConfigurationError]) -> ConfigurationError:
+        if len(problems) == 1:
+            return problems[0]
+        listed = "; ".join(f"({n}) {p}" for n, p in enumerate(problems, 1))
+        return ConfigurationError(f"the plugin definition has {len(problems)} problems: {listed}",
+                                  what_to_do="correct them in the FileSet's Plugin= line or the restore's "
+                                             "pluginoptions (nothing was changed)")
 
     def missing(self) -> List[str]:
         """Mandatory options not set, for the configured source (all of them)."""
@@ -200,13 +496,17 @@ class PluginOptions:
         return out
 
     def check(self) -> None:
-        """Raise one ConfigurationError naming every missing mandatory option."""
-        missing = self.missing()
+        """Raise one ConfigurationError naming every problem found and every missing mandatory option."""
+        problems = list(self.problems)
+        # With source= itself refused, which options are mandatory is unknown: do not guess.
+        missing = [] if "source" in self._problem_texts.values() else self.missing()
         if missing:
             names = ", ".join(missing)
-            raise ConfigurationError(
+            problems.append(ConfigurationError(
                 f"mandatory option{'s' if len(missing) > 1 else ''} {names} not set in the plugin definition",
-                what_to_do=f"add {' and '.join(f'{k}=...' for k in missing)} to the Plugin= line")
+                what_to_do=f"add {' and '.join(f'{k}=...' for k in missing)} to the Plugin= line"))
+        if problems:
+            raise self._combined(problems)
 
     # -- typed access --------------------------------------------------------------------------
 
@@ -259,6 +559,8 @@ class PluginOptions:
 
     def restore_options(self, where: str) -> RestoreOptions:
         """The typed restore options; every bad value or contradiction in one ConfigurationError."""
+        if self.problems:
+            raise self._combined(list(self.problems))
         problems: List[str] = []
         target = self.restore_target(where)
         to, local = self.get_str("restore_to"), self.get("restore_local")

@@ -40,6 +40,7 @@ from bareos_hyperv.fd.agent_process import AgentProcess, close_fds
 from bareos_hyperv.fd.joblog import DEBUG_TRACE, JobLog
 from bareos_hyperv.fd.options import PluginOptions
 from bareos_hyperv.protocol.messages import (
+    AddBase,
     Cleanup,
     CleanupDone,
     CleanupRecord,
@@ -83,11 +84,18 @@ END_EVENTS = frozenset({bareosfd.bEventEndBackupJob, bareosfd.bEventEndRestoreJo
 LEVEL_NAMES = {"F": "Full", "I": "Incremental", "D": "Differential", " ": "restore"}
 # Restore replace codes the director sends (not exported by bareosfd).
 REPLACE_ALWAYS, REPLACE_IFNEWER, REPLACE_NEVER, REPLACE_IFOLDER = ord("a"), ord("w"), ord("n"), ord("o")
+# Stands for where= when the restore relocates with regexwhere= (bVarWhere None): not empty, so a directory.
+RELOCATED_WHERE = "(regexwhere)"
 ENV_USERNAME = "BAREOS_HYPERV_USERNAME"
 ENV_PASSWORD = "BAREOS_HYPERV_PASSWORD"  # noqa: S105 - a variable name
 ENV_DOMAIN = "BAREOS_HYPERV_DOMAIN"
 # Name ending of the restore object that carries a VM's final manifest (digests included).
 MANIFEST_OBJECT_SUFFIX = "/manifest.object.xml"
+# Name ending of the restore objects that carry a disk file's base for the next incremental.
+BASE_OBJECT_SUFFIX = ".object.json"
+# Restore objects of the previous job go to the agent in batches of about this many bytes
+# (a protocol frame holds at most 16 MiB).
+BASE_BATCH_BYTES = 8 * 1024 * 1024
 # Cleanup agent: seconds per Hyper-V operation (and of silence), and for the whole cleanup.
 CLEANUP_TIMEOUT = 60
 CLEANUP_DEADLINE = 120.0
@@ -126,6 +134,20 @@ def _env_credentials(username: Optional[str] = None) -> Optional[WireCredentials
     return WireCredentials(username=username, password=password, domain=os.environ.get(ENV_DOMAIN) or None)
 
 
+def _batches(objects: List[RestoreObject]) -> List[List[RestoreObject]]:
+    """Split restore objects into protocol-sized batches (each at most BASE_BATCH_BYTES, but never empty)."""
+    out: List[List[RestoreObject]] = []
+    size = 0
+    for obj in objects:
+        weight = len(obj.data) + len(obj.name) + 64
+        if not out or size + weight > BASE_BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(obj)
+        size += weight
+    return out
+
+
 def _ended(code: Optional[int]) -> str:
     """How an agent ended, for the job log."""
     if code is None:
@@ -158,12 +180,14 @@ class BareosFdHyperV:
         self._warned: Set[str] = set()
         self._lock = threading.Lock()
         self.objects: List[RestoreObject] = []  # restore: manifests received before the data
+        self.base_objects: List[RestoreObject] = []  # Incr/Diff backup: the previous job's objects
         self.object_index = 0  # backup: ObjectIndex of the restore objects saved so far
         self.restore: Optional[RestoreOptions] = None  # restore: set at bEventStartRestoreJob
         bareosfd.RegisterEvents(list(EVENTS))
         self.jobid = int(bareosfd.GetValue(bareosfd.bVarJobId) or 0)
         self.job_name = str(bareosfd.GetValue(bareosfd.bVarJobName) or "")
         self.level = chr(int(bareosfd.GetValue(bareosfd.bVarLevel) or ord(" ")))
+        self._checks_off = False
 
     # -- error handling --------------------------------------------------------------------------
 
@@ -204,9 +228,19 @@ class BareosFdHyperV:
             agent.abort("the job was canceled")
             raise ProtocolError("the job was canceled")
         where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
+        level, since = "", 0
+        batches: List[List[RestoreObject]] = []
+        if kind is JobKind.BACKUP:
+            level = self.level
+            since = int(bareosfd.GetValue(bareosfd.bVarSinceTime) or 0) if level in ("I", "D") else 0
+            batches = _batches(self.base_objects)
+        first = batches.pop(0) if batches else []
         agent.request(StartJob(kind=kind, source=self.options.source, jobid=self.jobid, job_name=self.job_name,
                                options=self.options.for_agent(), credentials=self._credentials(), where=where,
-                               restore=self.restore), JobStarted, what="starting the job")
+                               restore=self.restore, level=level, since=since, base=first),
+                      JobStarted, what="starting the job")
+        for batch in batches:
+            agent.request(AddBase(objects=batch), JobStarted, what="handing over the previous backup's records")
         return agent
 
     def _credentials(self) -> Optional[WireCredentials]:
@@ -279,15 +313,22 @@ class BareosFdHyperV:
 
     @_callback
     def parse_plugin_definition(self, plugindef: str) -> int:
-        """Add the definition's options (first value wins); unknown options fail the job."""
-        for warning in self.options.add_definition(plugindef):
+        """Add the definition's options (first value wins).
+
+        Problems (unknown options, bad values) are remembered and reported once, before the agent
+        starts: an M_FATAL while a real fd parses the fileset cancels the job before its storage
+        handshake and adds three fatal lines and half a minute (reference §12).
+        """
+        for warning in self.options.collect_definition(plugindef):
             if warning not in self._warned:
                 self._warned.add(warning)
                 self.log.warning(warning)
-        if self.level in ("I", "D"):
-            raise ConfigurationError(f"level {LEVEL_NAMES.get(self.level, self.level)} is not supported by "
-                                     "this version",
-                                     what_to_do="run this job at level Full")
+        if self.level in ("I", "D") and self.options.source == "hyperv" and not self._checks_off:
+            # The hyperv source finds what changed itself (change tracking, digests) and lists only
+            # that; the core's mtime check would drop items it cannot judge (reference §3.2 "Opt
+            # out").  The diagnostic sources keep the core's check.
+            bareosfd.SetValue(bareosfd.bVarCheckChanges, False)
+            self._checks_off = True
         return int(bareosfd.bRC_OK)
 
     def handle_plugin_event(self, event: int) -> int:
@@ -328,6 +369,13 @@ class BareosFdHyperV:
     def start_backup_file(self, savepkt: Any) -> int:
         """Describe the next item; the first call starts the agent and fetches the first batch."""
         if not self.listed:
+            try:
+                self.options.check()
+            except ConfigurationError as exc:
+                # The configuration's one fatal line; bRC_Stop (not bRC_Error) keeps the core from
+                # adding "startBackupFile failed" (filed fd_plugins.cc PluginSave).
+                self._fail(exc)
+                return int(bareosfd.bRC_Stop)
             self.listed = True
             if not self._next_batch():
                 self.log.warning(f"source {self.options.source} has nothing to back up")
@@ -424,9 +472,14 @@ class BareosFdHyperV:
     # -- restore ---------------------------------------------------------------------------------
 
     def _start_restore(self) -> None:
-        """bEventStartRestoreJob: where= is known; a restore into Hyper-V is planned before any data."""
-        where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
-        self.restore = self.options.restore_options(where)
+        """bEventStartRestoreJob: where= is known; a restore into Hyper-V is planned before any data.
+
+        With regexwhere=, strip_prefix= or add_prefix= the fd rewrites each file name itself and
+        leaves bVarWhere None, where where= empty or / gives "" (reference §12): the administrator
+        asked for a directory, so that is the default then (restore_to= still decides).
+        """
+        value = bareosfd.GetValue(bareosfd.bVarWhere)
+        self.restore = self.options.restore_options(RELOCATED_WHERE if value is None else str(value))
         if self.restore.target is not RestoreTarget.HYPERV:
             return
         if not self.objects:
@@ -550,9 +603,16 @@ class BareosFdHyperV:
 
     @_callback
     def restore_object_data(self, rop: Any) -> int:
-        """Keep each VM's final manifest (restore objects arrive before bEventStartRestoreJob)."""
+        """Keep the restore objects this plugin saved.
+
+        Restore: each VM's final manifest (they arrive before bEventStartRestoreJob).
+        Incremental/Differential backup: the manifests and disk bases of the job it builds on
+        (after bEventEndFileSet, before bEventStartBackupJob; reference §12); they go to the
+        agent with StartJob.
+        """
         name = str(rop.object_name or "")
-        if not name.endswith(MANIFEST_OBJECT_SUFFIX):
+        backup = self.level in ("I", "D")
+        if not (name.endswith(MANIFEST_OBJECT_SUFFIX) or (backup and name.endswith(BASE_OBJECT_SUFFIX))):
             return int(bareosfd.bRC_OK)
         data = rop.object
         raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else str(data).encode("utf-8")
@@ -562,7 +622,8 @@ class BareosFdHyperV:
             raise ConfigurationError(f"the restore object {name} of job {rop.jobid} is not UTF-8 text",
                                      what_to_do="the catalog or the save set is damaged; restore the files "
                                                 "into a directory instead") from None
-        self.objects.append(RestoreObject(jobid=int(rop.jobid), name=name, data=text))
+        (self.base_objects if backup else self.objects).append(RestoreObject(jobid=int(rop.jobid), name=name,
+                                                                              data=text))
         return int(bareosfd.bRC_OK)
 
     def handle_backup_file(self, savepkt: Any) -> int:

@@ -52,15 +52,20 @@ class ImageService:
     def changed_ranges(self, path: str, limit_id: str, virtual_size: int) -> list[tuple[int, int]]:
         """Virtual byte ranges changed since the RCT id ``limit_id`` (``GetVirtualDiskChanges``).
 
-        Hyper-V may process less than asked per call; loop until the whole disk is covered.
+        ``path`` is the frozen file of the disk (the checkpoint's parent).  Hyper-V may process
+        less than asked per call (``ProcessedByteLength``); the calls go on until the whole disk is
+        covered.  ``ByteLength`` must stay below the disk size (``hyperv-wmi.md`` §4.4), so the
+        first call leaves out the last byte and a second one asks for it.  A 4096 answer is a job,
+        followed to its end.
         """
         ranges: list[tuple[int, int]] = []
         offset = 0
         while offset < virtual_size:
+            length = min(virtual_size - offset, max(virtual_size - 1, 1))
             result = self.jobs.call(
                 self.services.images, "GetVirtualDiskChanges",
                 [("Path", path), ("LimitId", limit_id), ("ByteOffset", offset),
-                 ("ByteLength", virtual_size - offset)],
+                 ("ByteLength", length)],
                 timeout=self.timeout,
                 out_types={"ProcessedByteLength": "uint64", "ChangedByteOffsets": "uint64[]",
                            "ChangedByteLengths": "uint64[]"},

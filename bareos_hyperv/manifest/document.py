@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -51,9 +52,11 @@ from bareos_hyperv.model.backup import (
     BackupFacts,
     BackupLevel,
     CapturedSettings,
+    ChainPart,
     Consistency,
     ConsistencyMode,
     Controller,
+    DeltaMethod,
     DiskBackup,
     DiskFile,
     PartKind,
@@ -78,7 +81,7 @@ from bareos_hyperv.model.vm import (
 
 NAMESPACE_PREFIX = "urn:bareos-hyperv:manifest:"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 NAMESPACE = f"{NAMESPACE_PREFIX}{SCHEMA_MAJOR}"
 EXTENSION_NAMESPACE = f"{NAMESPACE}:ext"  # where minor versions put what they add
@@ -97,13 +100,14 @@ _WRITE_ADVICE = (
 # XML 1.0 Char production: anything else cannot be carried as character data.
 _NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _VERSION = re.compile(r"^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _UTC_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z$")
 
 _FORMAT_NAMES = {DiskFormat.VHD: "VHD", DiskFormat.VHDX: "VHDX", DiskFormat.VHDSET: "VHDSet"}
 _TYPE_NAMES = {DiskType.FIXED: "Fixed", DiskType.DYNAMIC: "Dynamic", DiskType.DIFFERENCING: "Differencing"}
 
 _E = TypeVar("_E")
-_NSMAP: Dict[Any, str] = {None: NAMESPACE}  # default namespace; lxml-stubs only allow str prefixes
+_NSMAP: Dict[Any, str] = {None: NAMESPACE, "x": EXTENSION_NAMESPACE}  # lxml-stubs only allow str prefixes
 
 
 @dataclass
@@ -233,6 +237,11 @@ def _sub(parent: etree._Element, tag: str, text: object = None, **attributes: ob
     return child
 
 
+def _x(name: str) -> str:
+    """An attribute or element name in the extension namespace (what minor version 1.1 added)."""
+    return f"{{{EXTENSION_NAMESPACE}}}{name}"
+
+
 def _utc_text(value: datetime, where: str) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ManifestError(
@@ -271,11 +280,15 @@ def _write_backup(root: etree._Element, backup: BackupFacts) -> None:
     _sub(element, "pluginVersion", backup.plugin_version)
     if backup.checkpoint_id is not None:
         _sub(element, "checkpointId", backup.checkpoint_id)
+    _set(element, _x("baseJobId"), backup.base_job_id)
+    _set(element, _x("nextFileIndex"), backup.next_file_index)
+    if backup.since is not None:
+        _set(element, _x("since"), _utc_text(backup.since, "since time"))
     _write_reference_point(element, "referencePoint", backup.reference_point)
     _write_reference_point(element, "previousReferencePoint", backup.previous_reference_point)
     parts = _sub(element, "parts")
     for part in backup.parts:
-        _sub(
+        child = _sub(
             parts,
             "part",
             kind=part.kind.value,
@@ -286,6 +299,9 @@ def _write_backup(root: etree._Element, backup: BackupFacts) -> None:
             source=part.source,
             baseJobId=part.base_job_id,
         )
+        _set(child, _x("baseDigest"), part.base_digest)
+        _set(child, _x("resultDigest"), part.result_digest)
+        _set(child, _x("method"), None if part.method is None else part.method.value)
     warnings = _sub(element, "warnings")
     for warning in backup.warnings:
         _sub(warnings, "warning", warning)
@@ -348,7 +364,7 @@ def _write_disks(root: etree._Element, disks: List[DiskBackup]) -> None:
             _sub(child, "notBackedUp", disk.not_backed_up)
         for file in disk.chain:
             info = file.info
-            _sub(
+            written = _sub(
                 child,
                 "file",
                 index=file.index,
@@ -364,6 +380,20 @@ def _write_disks(root: etree._Element, disks: List[DiskBackup]) -> None:
                 parentPath=info.parent_path,
                 diskId=info.disk_id,
             )
+            _set(written, _x("imageDigest"), file.image_digest)
+            _set(written, _x("chunkSize"), file.chunk_size)
+        # Extensions come after the element's own children (the schema's wildcard).
+        for file in disk.chain:
+            if not file.chain:
+                continue
+            chain = etree.SubElement(child, _x("chain"))
+            _set(chain, "fileIndex", file.index)
+            for link in file.chain:
+                step = etree.SubElement(chain, _x("part"))
+                _set(step, "jobId", link.job_id)
+                _set(step, "name", link.name)
+                _set(step, "kind", link.kind.value)
+                _set(step, "imageDigest", link.image_digest)
 
 
 def _write_host(root: etree._Element, host: HostFacts) -> None:
@@ -594,6 +624,16 @@ class _Reader:
         element = self.one(parent, tag)
         return self.int_of(element, element.text or "", tag)
 
+    def digest_of(self, element: etree._Element, text: str, what: str) -> str:
+        # Extension attributes are not checked by the schema (lax wildcard), so here.
+        if not _DIGEST.match(text):
+            raise self.fail(element, f"{what} {text!r} is not a SHA-256 in lower-case hex")
+        return text
+
+    def opt_digest(self, element: etree._Element, name: str) -> Optional[str]:
+        value = element.get(name)
+        return None if value is None else self.digest_of(element, value, etree.QName(name).localname)
+
     def bool_of(self, element: etree._Element, text: str, what: str) -> bool:
         value = text.strip()
         if value in ("true", "1"):
@@ -672,6 +712,9 @@ class _Reader:
             previous_reference_point=self.reference_point(self.opt(element, "previousReferencePoint")),
             parts=[self.part(p) for p in self.each(element, "parts", "part")],
             warnings=[w.text or "" for w in self.each(element, "warnings", "warning")],
+            base_job_id=self.opt_int_attr(element, _x("baseJobId")),
+            next_file_index=self.opt_int_attr(element, _x("nextFileIndex")),
+            since=None if element.get(_x("since")) is None else self.time_attr(element, _x("since")),
         )
 
     def part(self, element: etree._Element) -> SaveSetPart:
@@ -683,6 +726,10 @@ class _Reader:
             file_index=self.opt_int_attr(element, "fileIndex"),
             source=self.opt_attr(element, "source"),
             base_job_id=self.opt_int_attr(element, "baseJobId"),
+            base_digest=self.opt_digest(element, _x("baseDigest")),
+            result_digest=self.opt_digest(element, _x("resultDigest")),
+            method=None if element.get(_x("method")) is None
+            else self.enum_of(element, self.attr(element, _x("method")), DeltaMethod, "delta method"),
         )
 
     def vm(self, element: etree._Element) -> VmConfig:
@@ -742,9 +789,21 @@ class _Reader:
         )
 
     def disk(self, element: etree._Element) -> DiskBackup:
+        chains: Dict[int, tuple[ChainPart, ...]] = {}
+        for chain in element.findall(_x("chain")):
+            chains[self.int_attr(chain, "fileIndex")] = tuple(
+                ChainPart(
+                    job_id=self.int_attr(step, "jobId"),
+                    name=self.attr(step, "name"),
+                    kind=self.enum_of(step, self.attr(step, "kind"), PartKind, "part kind"),
+                    image_digest=self.digest_of(step, self.attr(step, "imageDigest"), "imageDigest"),
+                )
+                for step in chain.findall(_x("part"))
+            )
+        files = [self.disk_file(f) for f in self.each(element, "file")]
         return DiskBackup(
             settings_id=self.attr(element, "settingsId"),
-            chain=[self.disk_file(f) for f in self.each(element, "file")],
+            chain=[dataclasses.replace(f, chain=chains.get(f.index, ())) for f in files],
             not_backed_up=self.opt_text(element, "notBackedUp"),
         )
 
@@ -767,6 +826,8 @@ class _Reader:
             info=info,
             file_size=self.int_attr(element, "fileSize"),
             sha256=self.opt_attr(element, "sha256"),
+            image_digest=self.opt_digest(element, _x("imageDigest")),
+            chunk_size=self.opt_int_attr(element, _x("chunkSize")),
         )
 
     def host(self, element: etree._Element) -> HostFacts:

@@ -59,6 +59,28 @@ class PartKind(enum.Enum):
     DELTA = "delta"  # the changes that turn the base job's image of one disk file into this one
 
 
+class DeltaMethod(enum.Enum):
+    """How an incremental or differential job found what changed in a disk file (recorded per delta)."""
+
+    RCT = "rct"  # Hyper-V's resilient change tracking (GetVirtualDiskChanges) mapped through the BAT
+    HASH = "hash"  # the whole file read and compared chunk by chunk with the base's digests
+    UNCHANGED = "unchanged"  # the VHDX header proves nothing was written since the base
+
+
+@dataclass(frozen=True)
+class ChainPart:
+    """One save-set part a restore applies, in order, to rebuild a disk file.
+
+    ``job_id`` wrote the part called ``name`` (relative to the VM's directory); ``image_digest``
+    is the file's image digest after applying it (``storage.delta.ImageHashes``).
+    """
+
+    job_id: int
+    name: str
+    kind: PartKind
+    image_digest: str
+
+
 @dataclass(frozen=True)
 class CapturedSettings:
     """One settings object of a VM exactly as captured: its CIM-XML ``INSTANCE`` text, verbatim.
@@ -89,13 +111,20 @@ class DiskFile:
     ``index`` is the ``<n>`` of its save-set name ``disks/<n>-<file>``: unique per file
     within the VM's save set, so two files with the same name in different folders
     (a chain across volumes) never collide.  ``sha256`` is the digest of the file as
-    a restore must rebuild it (after applying deltas), ``None`` when it was not read.
+    a restore must rebuild it (after applying deltas), ``None`` when it was not read (an
+    incremental that read only the changed ranges).  ``image_digest`` (with ``chunk_size``) is
+    the file's image digest (``storage.delta.ImageHashes``), known for every saved file; ``chain``
+    lists the parts a restore applies in order to rebuild the file: the full image first, then
+    each delta (empty in manifests of older versions, where the full image is this job's part).
     """
 
     index: int
     info: VirtualDiskInfo
     file_size: int
     sha256: Optional[str] = None
+    image_digest: Optional[str] = None
+    chunk_size: Optional[int] = None
+    chain: tuple[ChainPart, ...] = ()
 
 
 @dataclass
@@ -142,7 +171,9 @@ class SaveSetPart:
     ``disks/<n>-<file>``, ``disks/<n>-<file>+I+<jobid>``; see ``manifest.layout``).
     ``size`` and ``sha256`` are of the bytes stored in Bareos.  ``file_index`` links a
     disk image or delta to its ``DiskFile``; ``source`` is the host path the bytes came
-    from; ``base_job_id`` is, for a delta, the job whose image of the file it applies to.
+    from; ``base_job_id`` is, for a delta, the job whose image of the file it applies to, and
+    ``base_digest``/``result_digest`` the image digests before and after (as in the delta's
+    header); ``method`` says how the changes were found.
     """
 
     kind: PartKind
@@ -152,11 +183,20 @@ class SaveSetPart:
     file_index: Optional[int] = None
     source: Optional[str] = None
     base_job_id: Optional[int] = None
+    base_digest: Optional[str] = None
+    result_digest: Optional[str] = None
+    method: Optional[DeltaMethod] = None
 
 
 @dataclass
 class BackupFacts:
-    """What the job did: level, job id, time (UTC), consistency, checkpoint, reference points, parts."""
+    """What the job did: level, job id, time (UTC), consistency, checkpoint, reference points, parts.
+
+    An incremental or differential names the job its deltas are based on (``base_job_id``: the
+    job whose restore objects Bareos delivered) and Bareos's since time (``since``, UTC).
+    ``next_file_index`` is above every disk file number ``<n>`` used along the chain, so a file
+    added later never takes a number (and save-set name) an older job of the chain used.
+    """
 
     level: BackupLevel
     job_id: int
@@ -169,3 +209,6 @@ class BackupFacts:
     previous_reference_point: Optional[ReferencePoint] = None
     parts: list[SaveSetPart] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    base_job_id: Optional[int] = None
+    since: Optional[datetime] = None
+    next_file_index: Optional[int] = None

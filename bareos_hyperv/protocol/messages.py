@@ -9,6 +9,8 @@ fills while the Bareos core, not the plugin, is running)::
 
     fd: Hello(version)                      agent: HelloReply(version, pid)
     fd: StartJob(...)                       agent: JobStarted
+    Incr/Diff backup, when the previous job's records did not fit StartJob.base:
+             fd: AddBase(objects)           agent: JobStarted   (repeated)
     backup:  fd: ListFiles                  agent: FileList(files)
              fd: OpenFile(name)             agent: PipeReady(name, size) + read end (SCM_RIGHTS)
              fd: CloseFile(name)            agent: FileDone(name, bytes, sha256)
@@ -56,6 +58,7 @@ from bareos_hyperv.model.restore import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AddBase",
     "Cleanup",
     "CleanupDone",
     "CleanupRecord",
@@ -199,6 +202,19 @@ class Hello(Message):
 
 
 @dataclass(frozen=True)
+class RestoreObject:
+    """A restore object the fd received from Bareos: a VM's final manifest or a disk file's base.
+
+    Delivered before a restore (every job of it) and before an Incremental or Differential
+    backup (the job it builds on); ``jobid`` is the job that saved it.
+    """
+
+    jobid: int
+    name: str
+    data: str
+
+
+@dataclass(frozen=True)
 class StartJob(Message):
     """The job: kind, the source (producer) and its options, credentials if any."""
 
@@ -212,10 +228,27 @@ class StartJob(Message):
     where: str = ""
     cleanup: Optional[CleanupRecord] = None  # JobKind.CLEANUP: what to undo
     restore: Optional[RestoreOptions] = None  # JobKind.RESTORE: the typed restore_* options
+    # Backup: Bareos's level letter (F, I, D), since time (epoch seconds; 0 for a Full), and the
+    # restore objects Bareos delivered of the job an Incremental or Differential builds on.
+    level: str = ""
+    since: int = 0
+    base: List[RestoreObject] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (f"StartJob(kind={self.kind.value}, source={self.source!r}, jobid={self.jobid}, "
+                f"level={self.level!r}, since={self.since}, base={len(self.base)} object(s), "
                 f"options={sorted(self.options)}, credentials={self.credentials!r})")
+
+
+@dataclass(frozen=True)
+class AddBase(Message):
+    """Backup: more restore objects of the job an Incremental or Differential builds on.
+
+    Sent after StartJob (answered by JobStarted) when they do not fit one frame with it.
+    """
+
+    TYPE: ClassVar[str] = "add_base"
+    objects: List[RestoreObject]
 
 
 @dataclass(frozen=True)
@@ -244,15 +277,6 @@ class CreateFile(Message):
     mtime: int
     mode: int
     replace: bool
-
-
-@dataclass(frozen=True)
-class RestoreObject:
-    """A restore object the fd received before the restore started (a VM's final manifest)."""
-
-    jobid: int
-    name: str
-    data: str
 
 
 @dataclass(frozen=True)
@@ -422,7 +446,7 @@ class ErrorReply(Message):
 
 _REGISTRY: Dict[str, Type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, StartJob, ListFiles, OpenFile, CreateFile, CloseFile, Cleanup, EndJob, HelloReply,
+    for cls in (Hello, StartJob, AddBase, ListFiles, OpenFile, CreateFile, CloseFile, Cleanup, EndJob, HelloReply,
                 JobStarted, FileList, PipeReady, FileDone, JobDone, CleanupDone, LogRecord, Progress, ErrorReply,
                 PlanRestore, FinishRestore, FileSkipped, RestorePlanned, RestoreFinished)
 }

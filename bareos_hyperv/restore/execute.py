@@ -10,7 +10,11 @@ whole:
    files go to the plan's staging folder; each disk file to a temporary name next to its
    planned path (``.<file>.bareos-hyperv-<jobid>.partial``), checked against the manifest's
    size and SHA-256, then renamed into place.  A disk that replaces a file of the VM being
-   overwritten stays under its temporary name until that VM is gone.
+   overwritten stays under its temporary name until that VM is gone.  A disk file of an
+   incremental or differential point is its full image plus each delta of the same file, in job
+   order, applied in place to the temporary file (base checked first); the point's image digest
+   (and plain SHA-256 when known) is checked before the rename.  A missing or out-of-order part
+   fails the VM.
 3. :meth:`HyperVRestore.finish`: per VM, one after the other: remove the VM being overwritten
    (asked for), import the staged definition as a planned VM, point its disks and adapters at
    their planned places, rename it, validate, realize, register it in the cluster on the
@@ -22,11 +26,12 @@ whole:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from bareos_hyperv.errors import BareosHyperVError, HyperVError, ManifestError, StorageError
 from bareos_hyperv.hyperv import cluster as clusterops
@@ -34,7 +39,7 @@ from bareos_hyperv.hyperv.connection import Connector
 from bareos_hyperv.hyperv.importer import DefinitionImportRefused, PlannedVm, VmImporter
 from bareos_hyperv.manifest.document import Manifest, from_xml
 from bareos_hyperv.manifest.layout import MANIFEST_FILE
-from bareos_hyperv.model.backup import PartKind, SaveSetPart
+from bareos_hyperv.model.backup import ChainPart, DiskFile, PartKind, SaveSetPart
 from bareos_hyperv.model.restore import RestoreOptions
 from bareos_hyperv.model.vm import DriveSlot, VmRef
 from bareos_hyperv.protocol.messages import CleanupRecord, RestoreObject
@@ -48,7 +53,8 @@ from bareos_hyperv.restore.plan import (
     make_plan,
 )
 from bareos_hyperv.restore.render import render_plan
-from bareos_hyperv.storage.base import FileWriter, Storage, StorageNotFound
+from bareos_hyperv.storage.base import Buffer, FileUpdater, FileWriter, Storage, StorageNotFound
+from bareos_hyperv.storage.delta import DeltaApplier, DeltaBaseMismatch, ImageHashes
 from bareos_hyperv.storage.locations import Location, LocationResolver
 
 __all__ = ["OBJECT_SUFFIX", "HyperVRestore", "ItemTarget", "undo_record"]
@@ -86,6 +92,69 @@ class ItemTarget:
 
 
 @dataclass
+class _Image:
+    """A disk file being rebuilt: its temporary file, how far along its chain, its chunk digests."""
+
+    record: _Written
+    file: DiskFile
+    chain: Tuple[ChainPart, ...]
+    applied: int = 0  # parts of the chain written or applied so far
+    hashes: Optional[ImageHashes] = None  # chunk digests after the last applied delta
+
+
+class _DeltaWriter:
+    """A delta item's bytes applied to its disk file's temporary file (a FileWriter).
+
+    Any failure (wrong base, damage, a result that differs) fails the VM at once; the file is
+    closed so that the VM's undo can remove it.
+    """
+
+    def __init__(self, restore: HyperVRestore, vm: _Vm, updater: FileUpdater, applier: DeltaApplier) -> None:
+        self._restore = restore
+        self._vm = vm
+        self._updater = updater
+        self.applier = applier
+
+    @property
+    def written(self) -> int:
+        return self.applier.written
+
+    def _failed(self, exc: BaseException) -> None:
+        self.applier.discard()
+        try:
+            self._updater.close()
+        except BareosHyperVError as close_exc:
+            log.debug("closing %s after a failed delta: %s", self.applier.name, close_exc)
+        self._restore._fail(self._vm, str(exc))
+
+    def write(self, data: Union[bytes, Buffer]) -> int:
+        try:
+            return self.applier.write(data)
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self.applier.close()  # closes the updater after the result digest matched
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def discard(self) -> None:
+        self._failed(StorageError(f"{self.applier.name}: the delta was not applied completely"))
+
+    def __enter__(self) -> _DeltaWriter:
+        return self
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+@dataclass
 class _Vm:
     """One VM of the restore: its manifest, plan and what the job created for it."""
 
@@ -93,7 +162,8 @@ class _Vm:
     job_id: int
     manifest: Manifest
     plan: Optional[VmPlan] = None
-    parts: Dict[str, SaveSetPart] = field(default_factory=dict)  # relative name -> part
+    parts: Dict[str, SaveSetPart] = field(default_factory=dict)  # relative name -> part (the chain's, too)
+    images: Dict[int, _Image] = field(default_factory=dict)  # disk file index -> its rebuild
     received: Dict[str, str] = field(default_factory=dict)  # relative name -> sha256 as received
     written: List[_Written] = field(default_factory=list)
     staging_created: bool = False
@@ -138,20 +208,27 @@ class HyperVRestore:
 
     def plan(self, objects: Sequence[RestoreObject]) -> Tuple[List[str], List[str]]:
         """Read the manifests, plan each VM against the destination; returns (planned, refused) VM names."""
-        newest: Dict[str, Tuple[int, RestoreObject]] = {}
+        every: Dict[str, Dict[int, RestoreObject]] = {}
         for obj in objects:
             if not obj.name.endswith(OBJECT_SUFFIX):
                 continue
             directory = obj.name[: -len(OBJECT_SUFFIX)]
             _relative(directory + "/" + MANIFEST_FILE)  # refuses names outside a VM tree
-            if directory not in newest or obj.jobid > newest[directory][0]:
-                newest[directory] = (obj.jobid, obj)
-        for directory, (jobid, obj) in sorted(newest.items()):
+            every.setdefault(directory, {})[obj.jobid] = obj
+        chain_problems: Dict[str, str] = {}
+        for directory, by_job in sorted(every.items()):
+            # The chosen point is the newest job of the restore (Bareos sends the objects of every job
+            # of the chain up to it); the older jobs' manifests describe the parts of its disk chains.
+            jobid = max(by_job)
+            obj = by_job[jobid]
             manifest = from_xml(obj.data.encode("utf-8"), source=f"restore object {obj.name} of job {jobid}")
             if self.options.vms and not self._wanted(manifest):
                 continue
-            vm = _Vm(directory=directory, job_id=jobid, manifest=manifest,
-                     parts={p.name: p for p in manifest.backup.parts})
+            vm = _Vm(directory=directory, job_id=jobid, manifest=manifest)
+            try:
+                vm.parts = self._parts_of_point(manifest, jobid, by_job)
+            except ManifestError as exc:
+                chain_problems[directory] = str(exc)
             self.vms[directory] = vm
         if not self.vms:
             wanted = ", ".join(self.options.vms) or "any VM"
@@ -160,6 +237,10 @@ class HyperVRestore:
         planned: List[str] = []
         refused: List[str] = []
         for vm in self.vms.values():
+            if vm.directory in chain_problems:
+                self._fail(vm, chain_problems[vm.directory])
+                refused.append(vm.label)
+                continue
             vm.plan = self._plan_vm(vm)
             for line in render_plan(vm.plan):
                 log.info("%s", line)
@@ -171,6 +252,49 @@ class HyperVRestore:
                 for problem in vm.plan.problems:
                     log.error("%s: %s (%s)", vm.label, problem.message, problem.resolve)
         return planned, refused
+
+    @staticmethod
+    def _parts_of_point(manifest: Manifest, jobid: int, by_job: Dict[int, RestoreObject]) -> Dict[str, SaveSetPart]:
+        """Every save-set part the chosen point needs: its configuration files and each disk file's chain.
+
+        A disk file saved as a delta is rebuilt from the full image an older job saved and each
+        delta after it, in job order; those parts are described by their own job's manifest.
+        """
+        parts = {p.name: p for p in manifest.backup.parts if p.kind is PartKind.CONFIG}
+        own = {p.name: p for p in manifest.backup.parts}
+        others: Dict[int, Dict[str, SaveSetPart]] = {jobid: own}
+        for disk in manifest.disks:
+            for file in disk.chain:
+                if not file.chain:  # a manifest of an older version: the full image is this job's part
+                    parts.update({p.name: p for p in manifest.backup.parts
+                                  if p.kind is PartKind.DISK and p.file_index == file.index})
+                    continue
+                if file.chain[0].kind is not PartKind.DISK or any(c.kind is not PartKind.DELTA
+                                                                   for c in file.chain[1:]):
+                    raise ManifestError(f"the chain of disk file {file.index} of job {jobid} does not start with "
+                                        "its full image followed by deltas",
+                                        what_to_do="restore another job; report this as a bug with the manifest")
+                for link in file.chain:
+                    if link.job_id not in others:
+                        obj = by_job.get(link.job_id)
+                        if obj is None:
+                            raise ManifestError(
+                                f"disk file {file.index} of the point of job {jobid} is rebuilt from "
+                                f"{link.name} of job {link.job_id}, whose manifest is not part of this restore",
+                                what_to_do="restore the whole chain (the full backup and every later "
+                                           "incremental or differential job up to the point wanted) in one "
+                                           "restore job")
+                        older = from_xml(obj.data.encode("utf-8"),
+                                         source=f"restore object {obj.name} of job {link.job_id}")
+                        others[link.job_id] = {p.name: p for p in older.backup.parts}
+                    part = others[link.job_id].get(link.name)
+                    if part is None or part.kind is not link.kind or part.file_index != file.index:
+                        raise ManifestError(f"the manifest of job {link.job_id} does not list {link.name} as a "
+                                            f"part of disk file {file.index}",
+                                            what_to_do="restore another job; report this as a bug with the "
+                                                       "manifests")
+                    parts[link.name] = part
+        return parts
 
     def _wanted(self, manifest: Manifest) -> bool:
         ref = manifest.vm.ref
@@ -223,8 +347,7 @@ class HyperVRestore:
                 folder = PureWindowsPath(final_path).parent
                 temp_path = str(folder / ("." + PureWindowsPath(final_path).name + PARTIAL.format(job=self.job_id)))
             else:
-                self._fail(vm, f"the item {relative} is a delta, which this version cannot apply")
-                return None, "delta"
+                return self._open_delta(vm, name, part)
             temp = self.resolver.resolve(temp_path, plan.node)
             final = self.resolver.resolve(final_path, plan.node)
             parent = self.resolver.resolve(str(PureWindowsPath(temp_path).parent), plan.node)
@@ -239,7 +362,64 @@ class HyperVRestore:
         record = _Written(temp=temp, final=final, final_path=final_path, renamed=temp_path == final_path,
                           temp_path=temp_path)
         vm.written.append(record)
+        if part.kind is PartKind.DISK and part.file_index is not None:
+            file = self._disk_file(vm, part.file_index)
+            vm.images[part.file_index] = _Image(record=record, file=file, chain=file.chain)
         return ItemTarget(name=name, writer=writer, part=part, vm=directory, record=record), ""
+
+    @staticmethod
+    def _disk_file(vm: _Vm, index: int) -> DiskFile:
+        for disk in vm.manifest.disks:
+            for file in disk.chain:
+                if file.index == index:
+                    return file
+        raise ManifestError(f"the manifest of {vm.label} lists no disk file {index}",
+                            what_to_do="report this as a bug with the job log")
+
+    def _open_delta(self, vm: _Vm, name: str, part: SaveSetPart) -> Tuple[Optional[ItemTarget], str]:
+        """A delta: applied in place to its disk file's temporary file, right after the part before it."""
+        relative = part.name
+        image = vm.images.get(part.file_index) if part.file_index is not None else None
+        position = next((i for i, link in enumerate(image.chain) if link.name == relative), -1) if image else -1
+        if image is None or position != image.applied:
+            expected = (f"{image.chain[image.applied].name}" if image is not None and image.applied < len(image.chain)
+                        else "the disk file's full image")
+            self._fail(vm, f"the delta {relative} arrived before {expected}: a part of the disk file's chain is "
+                           "missing or out of order; restore the whole chain (the full backup and every later "
+                           "incremental or differential job up to the point wanted) in one restore job")
+            return None, "a part of its chain is missing"
+        updater = self.storage.open_update(image.record.temp)
+        applier = DeltaApplier(updater, name=relative, base=image.hashes,
+                               expect_base_job=image.chain[position - 1].job_id)
+        writer = _DeltaWriter(self, vm, updater, applier)
+        return ItemTarget(name=name, writer=writer, part=part, vm=vm.directory, record=image.record), ""
+
+    def _image_done(self, vm: _Vm, image: _Image) -> bool:
+        """A part of the file's chain is in place; when it was the last: check the file is the point's image."""
+        image.applied += 1
+        if image.applied < len(image.chain):
+            return False
+        file = image.file
+        if image.hashes is not None and file.image_digest is not None and image.hashes.digest() != file.image_digest:
+            raise DeltaBaseMismatch(f"{vm.label}: disk file {file.index} was rebuilt to image "
+                                    f"{image.hashes.digest()[:16]}..., the point of job {vm.job_id} recorded "
+                                    f"{file.image_digest[:16]}...",
+                                    what_to_do="restore the whole chain up to the point wanted in one restore job")
+        if file.sha256 is not None and len(image.chain) > 1:
+            digest = hashlib.sha256()
+            with self.storage.open_read(image.record.temp) as reader:
+                buf = bytearray(_MB)
+                view = memoryview(buf)
+                while True:
+                    n = reader.readinto(buf)
+                    if not n:
+                        break
+                    digest.update(view[:n])
+            if digest.hexdigest() != file.sha256:
+                raise DeltaBaseMismatch(f"{vm.label}: disk file {file.index} was rebuilt with SHA-256 "
+                                        f"{digest.hexdigest()}, the point of job {vm.job_id} recorded {file.sha256}",
+                                        what_to_do="restore again; check the destination storage")
+        return True
 
     @staticmethod
     def _placement(plan: VmPlan, part: SaveSetPart) -> DiskPlacement:
@@ -261,6 +441,20 @@ class HyperVRestore:
                                what_to_do="the save set is damaged or belongs to another backup; "
                                           "restore another job")
         vm.received[part.name] = sha256
+        image = vm.images.get(part.file_index) if part.file_index is not None else None
+        if image is not None and part.kind in (PartKind.DISK, PartKind.DELTA):
+            if isinstance(target.writer, _DeltaWriter):
+                image.hashes = target.writer.applier.result
+            try:
+                complete = self._image_done(vm, image)
+            except BareosHyperVError as exc:
+                self._fail(vm, str(exc))
+                raise
+            if not complete:
+                return  # more deltas of this file follow: it stays under its temporary name
+            if len(image.chain) > 1:
+                log.info("%s: %s rebuilt from %d parts (jobs %s), image digest verified", vm.label,
+                         record.final_path, len(image.chain), ", ".join(str(c.job_id) for c in image.chain))
         if record.renamed:
             return
         placement = self._placement(vm.plan, part) if vm.plan else None

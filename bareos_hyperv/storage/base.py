@@ -20,6 +20,7 @@ __all__ = [
     "DirEntry",
     "FileReader",
     "FileStat",
+    "FileUpdater",
     "FileWriter",
     "Storage",
     "StorageAccessDenied",
@@ -154,6 +155,29 @@ class FileWriter(Protocol):
     ) -> None: ...
 
 
+class FileUpdater(Protocol):
+    """An existing file opened for update (:meth:`Storage.open_update`): reads and writes at offsets.
+
+    For applying a delta to a restored file in place; the sequential reader and writer are unchanged.
+    """
+
+    @property
+    def size(self) -> int:
+        """Current length."""
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (short only at the end of the file)."""
+
+    def write_at(self, offset: int, data: Union[bytes, Buffer]) -> None:
+        """Write all of ``data`` at ``offset``."""
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend (with zeros) to ``size`` bytes."""
+
+    def close(self) -> None:
+        """Make the changes durable and close (idempotent)."""
+
+
 class Storage(Protocol):
     """A job's access to one kind of location: ``smb.SmbStorage`` or ``local.LocalStorage``."""
 
@@ -162,6 +186,9 @@ class Storage(Protocol):
 
     def create(self, location: Location) -> FileWriter:
         """Create a new file for writing; :class:`StorageExists` if anything exists there."""
+
+    def open_update(self, location: Location) -> FileUpdater:
+        """Open an existing file for reads and writes at offsets and resizing (shared for reading only)."""
 
     def rename(self, source: Location, target: Location, *, replace: bool = False) -> None:
         """Rename within one share or filesystem; :class:`StorageExists` if ``target`` exists."""

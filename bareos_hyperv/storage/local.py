@@ -27,7 +27,7 @@ from bareos_hyperv.storage.base import (
 )
 from bareos_hyperv.storage.locations import LocalLocation, Location
 
-__all__ = ["LocalReader", "LocalStorage", "LocalWriter"]
+__all__ = ["LocalReader", "LocalStorage", "LocalUpdater", "LocalWriter"]
 
 # Large enough that the per-call cost disappears against the copy, small enough to stay in cache.
 READ_CHUNK = 1024 * 1024
@@ -233,6 +233,79 @@ class LocalWriter:
             self.discard()
 
 
+class LocalUpdater:
+    """An existing file opened for update: reads and writes at offsets, resizing; ``close`` fsyncs."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise _error(exc, "open for update", path) from None
+
+    def __repr__(self) -> str:
+        return f"LocalUpdater({self.path!r})"
+
+    @property
+    def size(self) -> int:
+        """Current length."""
+        return os.fstat(self._fd).st_size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (short only at the end of the file)."""
+        out = bytearray()
+        try:
+            while len(out) < length:
+                data = os.pread(self._fd, length - len(out), offset + len(out))
+                if not data:
+                    break
+                out += data
+        except OSError as exc:
+            raise _error(exc, "read", self.path) from None
+        return bytes(out)
+
+    def write_at(self, offset: int, data: Union[bytes, Buffer]) -> None:
+        """Write all of ``data`` at ``offset``."""
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            raise _error(exc, "write", self.path) from None
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend (with zeros) to ``size`` bytes."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise _error(exc, "resize", self.path) from None
+
+    def close(self) -> None:
+        """fsync and close (idempotent)."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _error(exc, "flush", self.path) from None
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> LocalUpdater:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -270,6 +343,10 @@ class LocalStorage:
     def create(self, location: Location) -> LocalWriter:
         """Create a new file exclusively; :class:`StorageExists` if anything is there."""
         return LocalWriter(_path(location))
+
+    def open_update(self, location: Location) -> LocalUpdater:
+        """Open an existing file for random reads and writes and resizing (applying a delta in place)."""
+        return LocalUpdater(_path(location))
 
     def rename(self, source: Location, target: Location, *, replace: bool = False) -> None:
         """Rename; without ``replace`` an existing target is an error (checked atomically where possible)."""

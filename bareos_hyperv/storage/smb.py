@@ -47,6 +47,7 @@ from smbprotocol.exceptions import (
 )
 from smbprotocol.file_info import (
     FileAttributes,
+    FileEndOfFileInformation,
     FileInformationClass,
     FileRenameInformation,
 )
@@ -781,6 +782,21 @@ class SmbStorage:
             share=ShareAccess.FILE_SHARE_READ,
         )
 
+    def open_update(self, location: Location) -> SmbUpdater:
+        """Open an existing file for random reads and writes and resizing (applying a delta in place)."""
+        loc = self._smb(location)
+        handle = self._call("open for update", loc, lambda: self._open_update(loc))
+        return SmbUpdater(self, loc, handle)
+
+    def _open_update(self, loc: SmbLocation) -> Any:
+        return self._create(
+            loc,
+            READ_ACCESS | WRITE_ACCESS | SYNCHRONIZE,
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_NON_DIRECTORY_FILE,
+            share=ShareAccess.FILE_SHARE_READ,
+        )
+
     def stat(self, location: Location) -> FileStat:
         """Size, last write time and directory flag of a file or directory."""
         loc = self._smb(location)
@@ -934,6 +950,141 @@ class SmbStorage:
                 context=exc.context,
                 what_to_do="remove the existing file first, or restore under another name",
             ) from None
+
+
+class SmbUpdater:
+    """An existing file opened for update: reads and writes at offsets, resizing (one request at a time).
+
+    Used to apply a delta to a restored file in place; every request is idempotent (a write of the
+    same bytes at the same offset), so after a dropped connection the file is reopened and the
+    request sent again.
+    """
+
+    def __init__(self, storage: SmbStorage, location: SmbLocation, handle: Any) -> None:
+        self._st = storage
+        self.location = location
+        self._handle: Any = handle
+        self._size = int(handle.end_of_file)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SmbUpdater({self.location}, size={self._size})"
+
+    @property
+    def size(self) -> int:
+        """Current length."""
+        return self._size
+
+    def _live(self) -> Any:
+        if self._closed:
+            raise ValueError("use of a closed SmbUpdater")
+        h = self._handle
+        if h is None or not h.connection.transport.connected:
+            self._handle = h = self._st._open_update(self.location)
+        return h
+
+    def _request(self, op: str, fn: Callable[[Any], T]) -> T:
+        def once() -> T:
+            try:
+                return fn(self._live())
+            except Exception:
+                self._handle = None  # reopened (on a fresh connection when it died) by a retry
+                raise
+
+        return self._st._call(op, self.location, once)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (short only at the end of the file)."""
+        parts: List[bytes] = []
+        end = min(offset + length, self._size)
+        pos = offset
+        while pos < end:
+            n = min(end - pos, self._st.options.read_size)
+
+            def one(h: Any, pos: int = pos, n: int = n) -> bytes:
+                n = min(n, h.connection.max_read_size)
+                msg, _ = h.read(pos, n, send=False)
+                request = h.connection.send(msg, h.tree_connect.session.session_id, h.tree_connect.tree_connect_id)
+                try:
+                    response = h.connection.receive(request, timeout=self._st.options.timeout)
+                except SMBResponseException as exc:
+                    if exc.status == _STATUS_END_OF_FILE:
+                        return b""
+                    raise
+                return bytes(_unpack_read(response["data"].get_value()))
+
+            data = self._request("read", one)
+            if not data:
+                break
+            parts.append(data)
+            pos += len(data)
+        return b"".join(parts)
+
+    def write_at(self, offset: int, data: Union[bytes, Buffer]) -> None:
+        """Write all of ``data`` at ``offset``."""
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            piece = bytes(view[pos: pos + self._st.options.write_size])
+
+            def one(h: Any, at: int = offset + pos, piece: bytes = piece) -> int:
+                piece = piece[: h.connection.max_write_size]
+                msg, _ = h.write(piece, at, send=False)
+                request = h.connection.send(msg, h.tree_connect.session.session_id, h.tree_connect.tree_connect_id)
+                response = h.connection.receive(request, timeout=self._st.options.timeout)
+                _size, count = _WRITE_RESPONSE.unpack_from(response["data"].get_value(), 0)
+                return int(count)
+
+            count = self._request("write", one)
+            if count <= 0:
+                raise StorageError("the server wrote nothing",
+                                   context={"path": str(self.location), "offset": offset + pos},
+                                   what_to_do="check free space on the destination volume")
+            pos += count
+        self._size = max(self._size, offset + len(view))
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend (with zeros) to ``size`` bytes ([MS-FSCC] 2.4.13 FileEndOfFileInformation)."""
+
+        def one(h: Any) -> None:
+            info = FileEndOfFileInformation()
+            info["end_of_file"] = size
+            req = SMB2SetInfoRequest()
+            req["info_type"] = info.INFO_TYPE
+            req["file_info_class"] = info.INFO_CLASS
+            req["file_id"] = h.file_id
+            req["buffer"] = info
+            conn = h.connection
+            request = conn.send(req, h.tree_connect.session.session_id, h.tree_connect.tree_connect_id)
+            response = conn.receive(request, timeout=self._st.options.timeout)
+            SMB2SetInfoResponse().unpack(response["data"].get_value())
+
+        self._request("resize", one)
+        self._size = size
+
+    def close(self) -> None:
+        """Flush and close (idempotent)."""
+        if self._closed:
+            return
+        try:
+            if self._handle is not None:
+                self._request("flush", lambda h: h.flush())
+        finally:
+            self._closed = True
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                self._st._close_handle(handle)
+
+    def __enter__(self) -> SmbUpdater:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def _unpack_read(raw: bytes) -> memoryview:

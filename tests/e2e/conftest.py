@@ -41,12 +41,14 @@ class Estate:
         # An empty value removes a default option (e.g. credentials_file="" to use the environment).
         return ":".join(f"{k}={_escape(v)}" for k, v in base.items() if v != "")
 
-    def backup(self, **options: str) -> JobResult:
-        return self.fd.backup(f"python3:module_name=bareos-fd-hyperv:{self.options(**options)}",
+    def backup(self, level: str = "F", **options: str) -> JobResult:
+        return self.fd.backup(f"python3:module_name=bareos-fd-hyperv:{self.options(**options)}", level=level,
                               plugin_dir=PLUGIN_DIR, extra_sys_path=[REPO])
 
-    def restore_to(self, where: Path, jobid: int | None = None) -> JobResult:
-        return self.fd.restore(None, jobid=jobid, where=str(where), plugin_dir=PLUGIN_DIR, extra_sys_path=[REPO])
+    def restore_to(self, where: Path, jobid: int | None = None, *, upto: int | None = None,
+                   files: list[str] | None = None) -> JobResult:
+        return self.fd.restore(None, jobid=jobid, where=str(where), plugin_dir=PLUGIN_DIR, extra_sys_path=[REPO],
+                               upto=upto, files=files)
 
 
 @pytest.fixture

@@ -339,7 +339,9 @@ def test_several_vms_one_after_the_other_and_a_failing_one_is_cleaned_up(estate:
     world = estate.sim.world
     names = estate.fd.list_files(job.jobid)
     # web01 complete (digests, then its final manifest as a restore object); nothing after db01 failed
-    assert names[-2:] == ["@hyperv/HVCLUSTER01/web01/SHA256SUMS", "@hyperv/HVCLUSTER01/web01/manifest.object.xml"]
+    web = "@hyperv/HVCLUSTER01/web01/"
+    assert names[-4:] == [web + "SHA256SUMS", web + "manifest.object.xml", web + "base-0.object.json",
+                          web + "base-1.object.json"]
     assert not any("/db01/" in n or "/file01/" in n for n in names)
     assert len(world.reference_points(world.vm("web01").id)) == 1
     assert world.reference_points(world.vm("db01").id) == []

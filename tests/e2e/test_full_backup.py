@@ -45,11 +45,13 @@ def test_full_backup_of_a_running_clustered_vm_and_restore_to_a_directory(estate
     names = estate.fd.list_files(job.jobid)
     base = "@hyperv/HVCLUSTER01/web01/"
     assert names[0] == base + "manifest.xml"
-    assert names[-2] == base + "SHA256SUMS"
-    # The final manifest, with every digest, as a restore object (a restore meets it before any data).
-    assert names[-1] == base + "manifest.object.xml"
+    assert names[-4] == base + "SHA256SUMS"
+    # The final manifest, with every digest, as a restore object (a restore meets it before any data),
+    # and each disk file's base for the next incremental.
+    bases = [base + "base-0.object.json", base + "base-1.object.json"]
+    assert names[-3:] == [base + "manifest.object.xml", *bases]
     objects = estate.fd.store.objects([job.jobid])
-    assert [o.object_name for o in objects] == [base + "manifest.object.xml"]
+    assert [o.object_name for o in objects] == [base + "manifest.object.xml", *bases]
     final = from_xml(objects[0].inflated(), source="restore object")
     assert {p.name: p.sha256 for p in final.backup.parts} == {
         f"config/{web.id}.vmcx": mock.ANY, f"config/{web.id}.vmgs": mock.ANY, f"config/{web.id}.vmrs": mock.ANY,
@@ -57,7 +59,7 @@ def test_full_backup_of_a_running_clustered_vm_and_restore_to_a_directory(estate
     assert [f.sha256 for d in final.disks for f in d.chain] == [before["web01-system.vhdx"],
                                                                 before["web01-data.vhdx"]]
     assert {n[len(base):] for n in names} == {
-        "manifest.xml", "SHA256SUMS", "manifest.object.xml",
+        "manifest.xml", "SHA256SUMS", "manifest.object.xml", "base-0.object.json", "base-1.object.json",
         f"config/{web.id}.vmcx", f"config/{web.id}.vmgs", f"config/{web.id}.vmrs",
         "disks/0-web01-system.vhdx", "disks/1-web01-data.vhdx"}
     _assert_clean(estate, "web01")

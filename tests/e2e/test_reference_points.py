@@ -44,7 +44,7 @@ def _ids(world: Any, vm_name: str) -> List[str]:
 
 
 def _final_manifest(estate: Any, job: JobResult) -> Manifest:
-    (obj,) = estate.fd.store.objects([job.jobid])
+    (obj,) = [o for o in estate.fd.store.objects([job.jobid]) if o.object_name.endswith("/manifest.object.xml")]
     return from_xml(obj.inflated(), source="restore object")
 
 

@@ -358,6 +358,8 @@ def _tamper_manifest(estate: Any, jobid: int, old: str, new: str) -> None:
 
     objects = estate.fd.store._objects[jobid]
     for i, obj in enumerate(objects):
+        if not obj.object_name.endswith("/manifest.object.xml"):
+            continue  # the disk bases (base-<n>.object.json) are for the next incremental
         text = obj.inflated().decode("utf-8")
         assert old in text
         data = text.replace(old, new).encode("utf-8")

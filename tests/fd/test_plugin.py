@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import stat
+import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator
 
@@ -149,13 +150,15 @@ def test_bad_agent_python_says_what_to_set(fd: FdEnv, tmp_path: Path) -> None:
     assert "set agent_python= to the python3 of the environment where bareos-hyperv" in fatals[0]
 
 
-def test_incremental_level_is_refused_clearly(fd: FdEnv, tmp_path: Path) -> None:
+def test_incremental_of_a_diagnostic_source_keeps_the_cores_change_check(fd: FdEnv, tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(tmp_path / "f", (old, old))
     assert fd.backup(f"source=files:paths={tmp_path}/f").status == "T"
     result = fd.backup(f"source=files:paths={tmp_path}/f", level="I")
-    assert result.status == "f"
-    assert plugin_fatals(result) == ["level Incremental is not supported by this version - run this job at "
-                                     "level Full\n"]
+    assert result.status == "T", result.log()
+    assert plugin_fatals(result) == []
+    assert any("Unchanged file skipped" in t for t in result.texts()), result.log()
 
 
 def test_restore_never_replaces_existing_files_unless_asked(fd: FdEnv) -> None:

@@ -54,6 +54,7 @@ class TestFiles(BareosFdPluginBaseclass):
         self.file = None
         self.feeder = None
         self.stop_feeding = threading.Event()
+        self.fed = 0  # bytes a do-in-core feeder wrote into its pipe
         self.log_early = [("init", plugindef)]
         self.init_where = GetValue(bVarWhere)
 
@@ -76,6 +77,9 @@ class TestFiles(BareosFdPluginBaseclass):
                     self.log("init", plugindef=fields, level=GetValue(bVarLevel), type=GetValue(bVarType),
                              where=self.init_where)
         self.log("parse", plugindef=plugindef, options=dict(self.options), where=GetValue(bVarWhere))
+        if self.options.get("misbehave") == "slow_parse" and len(self.parse_strings) == 1:
+            self.log("slow_parse")
+            time.sleep(1.0)  # long enough for a test to cancel the job during the fileset
         if self.options.get("fail_at") == "parse":
             JobMessage(M_FATAL, "parse refused on purpose\n")
             return bRC_Error
@@ -87,6 +91,11 @@ class TestFiles(BareosFdPluginBaseclass):
                  since=GetValue(bVarSinceTime), level=GetValue(bVarLevel), type=GetValue(bVarType),
                  where=GetValue(bVarWhere) if on_job_thread else "n/a")
         if event == bEventCancelCommand:
+            if self.options.get("misbehave") == "slow_cancel":
+                # a handler that takes a while (e.g. stops a helper process): the job thread goes on
+                self.log("cancel_start", fed=self.fed)
+                time.sleep(0.5)
+                self.log("cancel_end", fed=self.fed)
             self.stop_feeding.set()
             return bRC_OK
         if event == bEventEndRestoreJob and self.options.get("fail_at") == "end_restore_job_fatal":
@@ -98,8 +107,14 @@ class TestFiles(BareosFdPluginBaseclass):
         if event == bEventStartRestoreJob and self.options.get("fail_at") == "start_restore_job_error":
             JobMessage(M_ERROR, "start_restore_job error on purpose\n")
             return bRC_OK
+        if event == bEventEndFileSet and self.options.get("fail_at") == "end_fileset":
+            JobMessage(M_FATAL, "end_fileset failed on purpose\n")
+            return bRC_OK
         if event == bEventStartBackupJob and self.options.get("fail_at") == "start_backup_job":
             JobMessage(M_FATAL, "start_backup_job failed on purpose\n")
+            return bRC_OK
+        if event == bEventStartBackupJob and self.options.get("fail_at") == "start_backup_job_error":
+            JobMessage(M_ERROR, "start_backup_job error on purpose\n")
             return bRC_OK
         if event == bEventStartBackupJob and self.options.get("misbehave") == "thread_message":
             errors = []
@@ -191,12 +206,16 @@ class TestFiles(BareosFdPluginBaseclass):
             if it.get("io") == "core":
                 r, w = os.pipe()
                 data, endless = self.data, it.get("endless", False)
+                throttle = it.get("throttle", False)
                 stop = self.stop_feeding
                 def feed():
-                    with os.fdopen(w, "wb") as out:
+                    with os.fdopen(w, "wb", buffering=0) as out:
                         if endless:
                             while not stop.is_set():
                                 out.write(b"x" * 65536)
+                                self.fed += 65536
+                                if throttle:
+                                    time.sleep(0.005)
                         else:
                             out.write(data)
                 self.feeder = threading.Thread(target=feed)
@@ -210,6 +229,11 @@ class TestFiles(BareosFdPluginBaseclass):
             return bRC_OK
         if iop.func == IO_READ:
             mis = self.options.get("misbehave", "")
+            if self.cur.get("endless"):  # plugin mode: data for as long as the core asks
+                time.sleep(0.005)
+                iop.buf = bytearray(b"y" * iop.count)
+                iop.status = iop.count
+                return bRC_OK
             chunk = self.data[self.pos:self.pos + iop.count]
             self.pos += len(chunk)
             if mis == "str_buf" and chunk:
@@ -274,6 +298,8 @@ class TestFiles(BareosFdPluginBaseclass):
 
     def start_restore_file(self, cmd):
         self.log("start_restore_file", cmd=cmd, options=dict(self.options), where=GetValue(bVarWhere))
+        if self.options.get("misbehave") == "slow_restore":
+            time.sleep(0.3)  # long enough for a test to cancel the restore
         return bRC_OK
 
     def create_file(self, restorepkt):

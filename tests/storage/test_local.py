@@ -117,3 +117,18 @@ def test_permission_denied_says_what_to_do() -> None:
     assert "/sys/bareos-hyperv-test" in str(ei.value)
     assert "Errno 13" in str(ei.value)
     assert ei.value.what_to_do
+
+
+def test_updater_reads_writes_and_resizes_in_place(tmp_path: Path) -> None:
+    (tmp_path / "f.bin").write_bytes(b"0123456789")
+    storage = LocalStorage()
+    with storage.open_update(LocalLocation(PurePosixPath(tmp_path / "f.bin"))) as updater:
+        assert updater.size == 10
+        assert updater.read_at(8, 10) == b"89"
+        updater.write_at(2, b"ab")
+        updater.truncate(14)
+        updater.write_at(12, memoryview(b"yz"))
+        assert updater.size == 14
+    assert (tmp_path / "f.bin").read_bytes() == b"01ab456789\0\0yz"
+    with pytest.raises(StorageNotFound):
+        storage.open_update(LocalLocation(PurePosixPath(tmp_path / "missing.bin")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import socket
 import threading
 import uuid
@@ -25,12 +26,14 @@ from bareos_hyperv.storage.base import (
     StorageExists,
     StorageNotFound,
 )
+from bareos_hyperv.storage.delta import DeltaApplier
 from bareos_hyperv.storage.locations import LocationResolver, SmbLocation, parse_share_map
 from bareos_hyperv.storage.smb import SmbOptions, SmbStorage, message_signature
 from hvsim.fs import ClusterFileSystem
 from hvsim.samba import SMBD, SambaCluster, SambaServer
 
 from .conftest import SmbFactory
+from .test_delta import CHUNK, _delta, _hashes
 
 pytestmark = pytest.mark.samba
 
@@ -473,3 +476,32 @@ def test_gives_up_after_retries_when_server_is_gone(
             r.read()
     assert "g.bin" in str(ei.value)
     assert len([x for x in caplog.records if "reconnecting, attempt" in x.getMessage()]) == 2
+
+
+@pytest.mark.parametrize("grow", [-70_000, 0, 300_000])
+def test_updater_applies_a_delta_in_place(smb_factory: SmbFactory, node_dir: Path, grow: int) -> None:
+    """Random reads and writes and resizing over SMB: a delta turns the base into the result in place."""
+    rnd = random.Random(grow)
+    base = rnd.randbytes(1_000_000)
+    result = bytearray(base[: len(base) + grow] if grow < 0 else base + rnd.randbytes(grow))
+    ranges = []
+    for _ in range(20):
+        at = rnd.randrange(0, len(result) - 5000)
+        result[at:at + 4096] = rnd.randbytes(4096)
+        ranges.append((at, 4096))
+    if grow > 0:
+        ranges.append((len(base), grow))
+    (node_dir / "disk.vhdx").write_bytes(base)
+    st = smb_factory(read_size=CHUNK, write_size=CHUNK)  # several requests per range and per chunk
+    updater = st.open_update(_loc(node_dir, "disk.vhdx"))
+    assert updater.size == len(base)
+    assert updater.read_at(len(base) - 10, 100) == base[-10:]
+    applier = DeltaApplier(updater, name="disk.vhdx")
+    delta = _delta(base, bytes(result), ranges)
+    for pos in range(0, len(delta), 50_000):
+        applier.write(delta[pos:pos + 50_000])
+    applier.close()
+    assert applier.result is not None and applier.result.digest() == _hashes(bytes(result)).digest()
+    assert (node_dir / "disk.vhdx").read_bytes() == bytes(result)
+    with pytest.raises(StorageNotFound):
+        st.open_update(_loc(node_dir, "missing.vhdx"))

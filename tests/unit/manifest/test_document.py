@@ -210,7 +210,9 @@ def test_newer_major_version_is_refused_with_upgrade_advice(standalone: Manifest
 
 
 def test_newer_minor_with_extensions_in_their_namespace_is_read(cluster: Manifest) -> None:
-    data = _edit(to_xml(cluster), f'version="{SCHEMA_VERSION}"', f'version="1.3" xmlns:x="{EXTENSION_NAMESPACE}"')
+    data = to_xml(cluster)
+    assert f'xmlns:x="{EXTENSION_NAMESPACE}"'.encode() in data  # the writer declares the prefix on the root
+    data = _edit(data, f'version="{SCHEMA_VERSION}"', 'version="1.3"')
     # Extensions go at the end of their parent's children (where the XSD wildcards are).
     data = _edit(data, "</warnings>", "</warnings><x:future kind='new'><x:deep/></x:future>")
     data = _edit(data, "</switches>", '</switches><x:hostExtra a="1"/>')
@@ -219,7 +221,7 @@ def test_newer_minor_with_extensions_in_their_namespace_is_read(cluster: Manifes
     back = from_xml(data, source="m.xml")
     assert back.version == "1.3"
     assert dataclasses.replace(back, version=SCHEMA_VERSION) == cluster
-    assert b'version="1.0"' in to_xml(back)
+    assert f'version="{SCHEMA_VERSION}"'.encode() in to_xml(back)
 
 
 def test_newer_minor_with_unknown_element_in_the_main_namespace_says_so(cluster: Manifest) -> None:
@@ -287,3 +289,41 @@ def test_builders_are_independent(make: Callable[[str], Manifest]) -> None:
     first, second = make("cluster"), make("cluster")
     first.vm.processors = 99
     assert second.vm.processors == 4
+
+
+# --------------------------------------------------------------------------- 1.1: incremental chains
+
+
+def test_incremental_facts_round_trip_and_an_older_reader_validates_them(cluster: Manifest) -> None:
+    from datetime import timezone
+
+    from bareos_hyperv.model.backup import ChainPart, DeltaMethod
+
+    digest = hashlib.sha256(b"image").hexdigest()
+    parts = [dataclasses.replace(p, base_digest=digest, result_digest=digest[::-1], method=DeltaMethod.RCT)
+             if p.kind is PartKind.DELTA else p for p in cluster.backup.parts]
+    first = cluster.disks[0].chain[0]
+    chain = (ChainPart(4700, "disks/0-web01.vhdx", PartKind.DISK, digest),
+             ChainPart(4711, "disks/0-web01.vhdx+I+4711", PartKind.DELTA, digest[::-1]))
+    disks = [dataclasses.replace(cluster.disks[0], chain=[dataclasses.replace(
+        first, image_digest=digest[::-1], chunk_size=1 << 20, chain=chain), *cluster.disks[0].chain[1:]]),
+        *cluster.disks[1:]]
+    backup = dataclasses.replace(cluster.backup, parts=parts, base_job_id=4700,
+                                 since=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    manifest = dataclasses.replace(cluster, backup=backup, disks=disks)
+    data = to_xml(manifest)
+    assert from_xml(data, source="m.xml") == manifest
+    # Everything new lives in the extension namespace: the 1.0 schema (lax wildcards) accepts it.
+    root = etree.fromstring(data)
+    new = [e for e in root.iter() if etree.QName(e).namespace == EXTENSION_NAMESPACE]
+    assert {etree.QName(e).localname for e in new} == {"chain", "part"}
+    assert schema().validate(root)
+
+
+def test_a_damaged_extension_digest_is_refused(cluster: Manifest) -> None:
+    first = cluster.disks[0].chain[0]
+    disks = [dataclasses.replace(cluster.disks[0], chain=[dataclasses.replace(
+        first, image_digest=hashlib.sha256(b"x").hexdigest()), *cluster.disks[0].chain[1:]]), *cluster.disks[1:]]
+    data = to_xml(dataclasses.replace(cluster, disks=disks)).replace(b'x:imageDigest="', b'x:imageDigest="Z')
+    with pytest.raises(ManifestError, match="imageDigest"):
+        from_xml(data, source="m.xml")
