@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bareos_hyperv.errors import ManifestError
 from bareos_hyperv.manifest.document import Manifest, from_xml
+from bareos_hyperv.manifest.layout import MANIFEST_OBJECT
 from bareos_hyperv.model.backup import ChainPart, PartKind
 from bareos_hyperv.protocol.messages import RestoreObject
 from bareos_hyperv.storage.delta import DeltaFormatError, ImageHashes
@@ -36,7 +37,6 @@ BASE_KIND = "bareos-hyperv disk base"
 BASE_VERSION = 1
 # The final manifest (sizes and digests of every part) is also saved as a restore object, which
 # Bareos hands to a restore before any data (reference §7, §12); the fd plugin looks for this name.
-MANIFEST_OBJECT = "manifest.object.xml"
 BASE_OBJECT_PREFIX = "base-"
 BASE_OBJECT_SUFFIX = ".object.json"
 # A restore object must fit one network message of the fd (1,000,000 bytes, reference §7).

@@ -93,7 +93,7 @@ from bareos_hyperv.model.disk import DiskFormat
 from bareos_hyperv.model.host import HostFacts
 from bareos_hyperv.model.vm import Drive, DriveKind, VmConfig
 from bareos_hyperv.protocol.messages import CleanupRecord, FileEntry
-from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFound
+from bareos_hyperv.storage.base import Buffer, FileReader, Storage, StorageNotFound, remove_tree
 from bareos_hyperv.storage.delta import DeltaReader, HashingReader
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import Location, LocationResolver, parse_path_map, parse_share_map
@@ -980,7 +980,7 @@ class HyperVBackupSource:
             return True
         location = run.staging_location
         try:
-            self._remove_tree(location)
+            remove_tree(self.storage, location)
         except BareosHyperVError as exc:
             log.warning("%s: could not remove the staging folder %s: %s", run.summary.ref.name, run.staging, exc)
             return False
@@ -1010,7 +1010,7 @@ class HyperVBackupSource:
             try:
                 location = self.resolver.resolve(record.staging, record.node)
                 existed = self.storage.exists(location)
-                self._remove_tree(location)
+                remove_tree(self.storage, location)
                 if existed:
                     log.warning("%s: removed the staging folder %s that the interrupted job left", record.vm_name,
                                 record.staging)
@@ -1069,18 +1069,6 @@ class HyperVBackupSource:
                             record.vm_name, snap.opt_str("ElementName") or snap.str("InstanceID"), node)
         return True
 
-    def _remove_tree(self, location: Location) -> None:
-        try:
-            entries = self.storage.listdir(location)
-        except StorageNotFound:
-            return
-        for entry in entries:
-            child = location.child(entry.name)
-            if entry.is_dir:
-                self._remove_tree(child)
-            else:
-                self.storage.delete(child, missing_ok=True)
-        self.storage.rmdir(location, missing_ok=True)
 
 
 # Where the plugin records the reference points it made (see HyperVBackupSource._replace_reference_points).

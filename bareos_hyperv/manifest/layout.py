@@ -42,6 +42,8 @@ from bareos_hyperv.model.vm import VmRef
 
 ROOT = "@hyperv"
 MANIFEST_FILE = "manifest.xml"
+# The final manifest (sizes and digests of every part), saved as a Bareos restore object.
+MANIFEST_OBJECT = "manifest.object.xml"
 CONFIG_DIR = "config"
 DISKS_DIR = "disks"
 DELTA_MARKER = "+I+"

@@ -38,10 +38,10 @@ from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv.connection import Connector
 from bareos_hyperv.hyperv.importer import DefinitionImportRefused, PlannedVm, VmImporter
 from bareos_hyperv.manifest.document import Manifest, from_xml
-from bareos_hyperv.manifest.layout import MANIFEST_FILE
+from bareos_hyperv.manifest.layout import MANIFEST_FILE, MANIFEST_OBJECT
 from bareos_hyperv.model.backup import ChainPart, DiskFile, PartKind, SaveSetPart
 from bareos_hyperv.model.restore import RestoreOptions
-from bareos_hyperv.model.vm import DriveSlot, VmRef
+from bareos_hyperv.model.vm import DriveSlot, PowerState, VmRef
 from bareos_hyperv.protocol.messages import CleanupRecord, RestoreObject
 from bareos_hyperv.restore.facts import gather_destination
 from bareos_hyperv.restore.plan import (
@@ -53,7 +53,7 @@ from bareos_hyperv.restore.plan import (
     make_plan,
 )
 from bareos_hyperv.restore.render import render_plan
-from bareos_hyperv.storage.base import Buffer, FileUpdater, FileWriter, Storage, StorageNotFound
+from bareos_hyperv.storage.base import Buffer, FileUpdater, FileWriter, Storage, remove_tree
 from bareos_hyperv.storage.delta import DeltaApplier, DeltaBaseMismatch, ImageHashes
 from bareos_hyperv.storage.locations import Location, LocationResolver
 
@@ -61,7 +61,7 @@ __all__ = ["OBJECT_SUFFIX", "HyperVRestore", "ItemTarget", "undo_record"]
 
 log = logging.getLogger("bareos_hyperv.restore")
 
-OBJECT_SUFFIX = "/manifest.object.xml"
+OBJECT_SUFFIX = "/" + MANIFEST_OBJECT
 # Items of a VM's tree that the restore does not write: the manifest is known from the restore
 # object (with digests), and the digests file is for restores to a directory.
 NOT_WRITTEN = frozenset({MANIFEST_FILE, "SHA256SUMS"})
@@ -593,7 +593,7 @@ class HyperVRestore:
             clusterops.remove_vm_role(self.connector.client(old.node), old.group)
         old_importer = importer if old.node.upper() == plan.node.upper() else VmImporter(
             self.connector.client(old.node), old.node, timeout=self.timeout)
-        if old.state.guest_active or old.state.value not in ("off", "saved"):
+        if old.state not in (PowerState.OFF, PowerState.SAVED):  # DestroySystem wants it off or saved
             old_importer.turn_off(old.guid)
         old_importer.destroy_vm(old.guid)
         log.warning("%s: removed the existing VM %s on %s (restore_overwrite=yes)", vm.label, old.guid, old.node)
@@ -647,16 +647,13 @@ class HyperVRestore:
         if plan is None:
             return True
         try:
-            self._remove_tree(self.resolver.resolve(plan.staging_folder, plan.node))
+            remove_tree(self.storage, self.resolver.resolve(plan.staging_folder, plan.node))
             vm.staging_created = False
             vm.written = [w for w in vm.written if not w.final_path.startswith(plan.staging_folder)]
             return True
         except BareosHyperVError as exc:
             log.warning("%s: could not remove the staging folder %s: %s", vm.label, plan.staging_folder, exc)
             return False
-
-    def _remove_tree(self, location: Location) -> None:
-        _remove_tree(self.storage, location)
 
     def pending_cleanup(self, host: str, job_id: int) -> Optional[CleanupRecord]:
         """What a fresh agent must remove if this one died now (None: nothing).
@@ -706,7 +703,7 @@ def undo_record(record: CleanupRecord, connector: Connector, storage: Storage, r
         try:
             location = resolver.resolve(path, node)
             if kind == "dir":
-                _remove_tree(storage, location)
+                remove_tree(storage, location)
             else:
                 storage.delete(location, missing_ok=True)
             log.info("removed %s %s on %s that the stopped restore had written", kind, path, node)
@@ -728,16 +725,3 @@ def undo_record(record: CleanupRecord, connector: Connector, storage: Storage, r
         return None
     return dataclasses.replace(record, files=left, planned_name=planned_left)
 
-
-def _remove_tree(storage: Storage, location: Location) -> None:
-    try:
-        entries = storage.listdir(location)
-    except StorageNotFound:
-        return
-    for entry in entries:
-        child = location.child(entry.name)
-        if entry.is_dir:
-            _remove_tree(storage, child)
-        else:
-            storage.delete(child, missing_ok=True)
-    storage.rmdir(location, missing_ok=True)

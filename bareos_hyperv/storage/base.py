@@ -29,6 +29,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageExists",
     "StorageNotFound",
+    "remove_tree",
 ]
 
 Buffer = Union[bytearray, memoryview]
@@ -213,3 +214,18 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release every connection and handle of this job (idempotent)."""
+
+
+def remove_tree(storage: Storage, location: Location) -> None:
+    """Remove a directory and everything below it (``rm -r``); a missing directory is fine."""
+    try:
+        entries = storage.listdir(location)
+    except StorageNotFound:
+        return
+    for entry in entries:
+        child = location.child(entry.name)
+        if entry.is_dir:
+            remove_tree(storage, child)
+        else:
+            storage.delete(child, missing_ok=True)
+    storage.rmdir(location, missing_ok=True)
