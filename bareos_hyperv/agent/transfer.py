@@ -231,20 +231,23 @@ class Drain(_Transfer):
         self.writer = writer
 
     def _work(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
-        while not self._abort.is_set():
-            try:
-                n = os.readv(self.rfd, [buf])
-            except OSError as exc:
-                if exc.errno == errno.EINTR:  # pragma: no cover - PEP 475 retries
-                    continue
-                raise
-            if n == 0:
-                break
-            chunk = view[:n]
-            self._count(n, chunk)
-            self.writer.write(chunk)
+        # Hash on a thread of its own (as Pump does) while this one writes: serially the digest
+        # would add its whole cost to the restore's write rate.
+        hasher = _Hasher(self.sha256, HASH_BUFFERS, BUFFER_SIZE)
+        try:
+            while not self._abort.is_set():
+                buf = hasher.take()
+                n = self._fill(buf)
+                hasher.submit(buf, n)
+                if n == 0:
+                    break
+                with memoryview(buf) as view:
+                    self.writer.write(view[:n])
+                self._counted(n)
+                if n < len(buf):
+                    break  # end of the stream
+        finally:
+            hasher.finish()
         if self._abort.is_set():
             raise StorageError(f"restoring {self.name} was stopped after {self.bytes} bytes")
         if self.bytes != self.expected:
@@ -253,6 +256,25 @@ class Drain(_Transfer):
                 what_to_do="see the job log for the reason the data stream ended early; "
                            "the partial file was removed",
             )
+
+    def _fill(self, buf: bytearray) -> int:
+        """Read the pipe until ``buf`` is full or the writer closed its end; the bytes read.
+
+        A pipe read returns what is there (often a fraction of the buffer); a full buffer per
+        write keeps the destination's requests large."""
+        n = 0
+        with memoryview(buf) as view:
+            while n < len(buf) and not self._abort.is_set():
+                try:
+                    got = os.readv(self.rfd, [view[n:]])
+                except OSError as exc:
+                    if exc.errno == errno.EINTR:  # pragma: no cover - PEP 475 retries
+                        continue
+                    raise
+                if got == 0:
+                    break
+                n += got
+        return n
 
     def _finish(self) -> None:
         try:
