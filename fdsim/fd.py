@@ -1391,7 +1391,7 @@ class FdSim:
                     job.message(bfd.M_ERROR, f"Write error on {ofname}: ERR={exc}\n")
                     break
             else:
-                values = self._io(bfd.IO_WRITE, buf=chunk, count=len(chunk), filedes=0)
+                values = self._io(bfd.IO_WRITE, buf=bytearray(chunk), count=len(chunk), filedes=0)
                 _, io = self._io_call(job, "write", values)
                 if io["status"] != len(chunk):
                     job.message(bfd.M_ERROR, f"Write error on {ofname}: status {io['status']} for "
@@ -1466,7 +1466,7 @@ def _read_full_into(fd: int, buf: memoryview, canceled: Callable[[], bool]) -> i
     return have
 
 
-def _write_full(fd: int, data: bytes) -> None:
+def _write_full(fd: int, data: Union[bytes, memoryview]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
