@@ -298,11 +298,16 @@ class JobResult:
 # --------------------------------------------------------------------------- follower
 
 
+# Poll delay as a fraction of the time a job has been running (see JobFollower.wait).
+POLL_FRACTION = 0.25
+
+
 class JobFollower:
     """Invoke methods and follow their jobs (see module docstring).
 
     :param client: the host's CIM client.
-    :param initial_interval: first poll delay (s); doubled after each poll up to ``max_interval``.
+    :param initial_interval: first (and shortest) poll delay (s); later delays are a quarter of the
+        job's run time so far, at most ``max_interval``.
     :param clock, sleep: injectable for tests of the deadline logic.
     """
 
@@ -412,7 +417,8 @@ class JobFollower:
         host = self.client.host
         job_id = job_ref.selector("InstanceID")
         job_id_text = job_id if isinstance(job_id, str) else None
-        deadline = self._clock() + timeout
+        started = self._clock()
+        deadline = started + timeout
         interval = self.initial_interval
         last_state: int | None = None
         while True:
@@ -454,7 +460,11 @@ class JobFollower:
                     cancelled=cancelled,
                 )
             self._sleep(min(interval, max(deadline - now, 0.0)))
-            interval = min(interval * 2, self.max_interval)
+            # The next poll after a quarter of the time the job has run so far: a job is seen
+            # finished at most ~25 % (plus one poll) after it ended, short jobs are not made to
+            # wait for a doubled interval, and a long one costs a poll per max_interval.
+            interval = min(max(self.initial_interval, (self._clock() - started) * POLL_FRACTION),
+                           self.max_interval)
         error_code = job.opt_int("ErrorCode")
         if state in SUCCESS_STATES and not error_code:
             if state == JobState.COMPLETED_WITH_WARNINGS:

@@ -296,9 +296,20 @@ def test_vanished_job_is_reported(host_server) -> None:
     assert info.value.last_state == 4 and "TimeBeforeRemoval" in str(info.value)
 
 
-def test_backoff_doubles_to_the_cap(host_server) -> None:
-    _, client = host_server(FakeHost(states=[4, 4, 4, 4, 4, 7]))
+def test_poll_delay_follows_the_jobs_age_up_to_the_cap(host_server) -> None:
+    _, client = host_server(FakeHost(states=[4] * 30 + [7]))
     sleeps: List[float] = []
-    follower = JobFollower(client, initial_interval=0.05, max_interval=0.2, sleep=sleeps.append)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    follower = JobFollower(client, initial_interval=0.05, max_interval=0.4, sleep=sleep, clock=lambda: now[0])
     follower.call(SNAP_SVC, "CreateSnapshot", [], timeout=60)
-    assert sleeps == [0.05, 0.1, 0.2, 0.2, 0.2]
+    assert sleeps[:5] == [0.05] * 5  # a short job is polled at the shortest delay
+    elapsed = 0.0
+    for seconds in sleeps:
+        assert seconds == pytest.approx(min(max(0.05, elapsed / 4), 0.4))
+        elapsed += seconds
+    assert sleeps[-1] == 0.4 and sleeps == sorted(sleeps)
