@@ -56,6 +56,17 @@ class HostServices:
         """``Msvm_VirtualSystemReferencePointService``."""
         return self._service(C.REFERENCE_POINT_SERVICE)
 
+    @property
+    def computer_name(self) -> str:
+        """The host's own computer name, as Hyper-V names it in its services' keys (``SystemName``).
+
+        The name the job connects to may be an address, an FQDN or a host-map alias; an object
+        path handed back to Hyper-V must name the machine as WMI does (``__SERVER``), as the paths
+        Hyper-V itself returns do.
+        """
+        name = self.management.selector("SystemName")
+        return name if isinstance(name, str) and name else self.node
+
     def path_of(self, epr: EndpointReference) -> str:
         """WMI object path string of an instance on this host (for string-typed path properties)."""
-        return object_path(self.node, epr)
+        return object_path(self.computer_name, epr)

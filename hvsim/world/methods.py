@@ -270,6 +270,16 @@ def _rid_from_path(path: str) -> tuple[str, str]:
     return cid, rid
 
 
+def _names_this_host(path: str, node: str) -> bool:
+    r"""True when an object path ``\\SERVER\ns:Class.Key=...`` names ``node`` (its computer name, an
+    FQDN starting with it, or ``.``), or names no server at all."""
+    if not path.startswith("\\\\"):
+        return True
+    server = path[2:].split("\\", 1)[0].lower()
+    name = node.lower()
+    return server in (name, ".") or server.startswith(name + ".")
+
+
 # ------------------------------------------------------------------ jobs
 @handles("Msvm_ConcreteJob", "RequestStateChange", "GetError", "GetErrorEx", "KillJob")
 def _job_methods(c: Call) -> MethodOutcome:
@@ -589,6 +599,13 @@ def _export(c: Call) -> MethodOutcome:
     snap: Snapshot | None = None
     if mode in (2, 3):
         spath = str(settings.get("SnapshotVirtualSystem") or "")
+        if not _names_this_host(spath, c.node):
+            # A WMI object path names its machine (__SERVER); Hyper-V resolves the snapshot on the
+            # machine the path names, and a client that assembles the path from the address or
+            # alias it connected to names no machine Hyper-V knows as itself.  Microsoft's backup
+            # sample passes the snapshot's own __PATH.  Modelled as an invalid parameter (the
+            # exact answer of a real host to a foreign server name is not documented).
+            return MethodOutcome(M_INVALID_PARAMETER)
         cid = _rid_from_path(spath)[0]
         snap = vm.snapshots.get(cid.upper())
         if snap is None:

@@ -11,11 +11,15 @@ from bareos_hyperv.errors import HyperVError
 from bareos_hyperv.hyperv import vms as vmmod
 from bareos_hyperv.hyperv.checkpoints import Achieved, CheckpointManager, Consistency
 from bareos_hyperv.hyperv.connection import Connector
-from bareos_hyperv.hyperv.exporter import export_configuration
+from bareos_hyperv.hyperv.exporter import BACKUP_INTENT_PRESERVE_CHAIN, export_configuration, export_template
 from bareos_hyperv.hyperv.images import ImageService
+from bareos_hyperv.hyperv.jobs import JobFollower
+from bareos_hyperv.hyperv.paths import object_path
+from bareos_hyperv.hyperv.schema import to_typed_cimxml
 from bareos_hyperv.hyperv.services import HostServices
 from bareos_hyperv.model.credentials import Credentials
 from bareos_hyperv.model.disk import DiskFormat, DiskType
+from bareos_hyperv.wsman.cim import CimInstance, EmbeddedInstance
 from bareos_hyperv.wsman.transport import TransportOptions
 from hvsim.simulation import Simulation
 
@@ -122,3 +126,40 @@ def test_a_failed_cold_checkpoint_is_not_blamed_on_the_guest(sim: Simulation) ->
             mgr.create(vm.epr, vm.ref.guid, vm.state, Consistency.APPLICATION_REQUIRED, job_id=5)
     assert "application-consistent" not in str(info.value)
     assert sim.world.snapshots(vm.ref.guid) == []
+
+
+def test_export_names_the_host_as_wmi_does_when_reached_by_an_address(sim: Simulation) -> None:
+    """Issue 9 point 7: the job may reach a node by an address or alias; the snapshot's object path
+    must name the machine as Hyper-V does, and the settings start from the host's own template."""
+
+    alias = "10.20.30.41"
+    host_map = {**sim.host_map(), alias: sim.host_map()["HV01"]}
+    conn = Connector(Credentials(sim.user, sim.password), TransportOptions(), host_map=host_map)
+    with conn:
+        client = conn.client(alias)
+        (vm,) = vmmod.select_vms(vmmod.list_vms(client), ["web01"])
+        services = HostServices(client, alias)
+        assert services.computer_name.upper() == "HV01"
+        template = export_template(services, vm.epr)
+        assert template is not None and template.class_name == "Msvm_VirtualSystemExportSettingData"
+        mgr = CheckpointManager(services, timeout=60)
+        cp = mgr.create(vm.epr, vm.ref.guid, vm.state, Consistency.CRASH, job_id=8)
+        try:
+            assert services.path_of(cp.epr).upper().startswith("\\\\HV01\\ROOT\\VIRTUALIZATION\\V2:")
+            # A path assembled from the address names no machine Hyper-V knows as itself.
+            assembled = object_path(alias, cp.epr)
+            with pytest.raises(HyperVError):
+                settings = CimInstance("Msvm_VirtualSystemExportSettingData", {
+                    "CopySnapshotConfiguration": 3, "CopyVmStorage": False, "CopyVmRuntimeInformation": False,
+                    "CreateVmExportSubdirectory": False, "SnapshotVirtualSystem": assembled})
+                JobFollower(client).call(services.management, "ExportSystemDefinition",
+                                         [("ComputerSystem", vm.epr), ("ExportDirectory", "C:\\x"),
+                                          ("ExportSettingData", EmbeddedInstance(to_typed_cimxml(settings)))],
+                                         timeout=60)
+            staging = "C:\\ClusterStorage\\Volume1\\bareos-staging\\job8"
+            intent = export_configuration(services, vm.epr, cp.epr, staging, timeout=60)
+            assert intent == BACKUP_INTENT_PRESERVE_CHAIN == 0
+            target = Path(sim.world.local("HV01", staging)) / "Virtual Machines"
+            assert (target / f"{vm.ref.guid}.vmcx").exists()
+        finally:
+            mgr.destroy(cp.epr)
