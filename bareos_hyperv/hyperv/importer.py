@@ -42,7 +42,7 @@ from bareos_hyperv.hyperv.jobs import (
     JobResult,
     MethodFailedError,
 )
-from bareos_hyperv.hyperv.paths import object_path, parse_wmi_path
+from bareos_hyperv.hyperv.paths import parse_wmi_path
 from bareos_hyperv.hyperv.returncodes import ReturnCode, label
 from bareos_hyperv.hyperv.schema import to_typed_cimxml
 from bareos_hyperv.hyperv.services import HostServices
@@ -432,7 +432,7 @@ class VmImporter:
         for sw in self.client.query(C.NS_VIRT, f"SELECT * FROM {C.SWITCH}"):
             name = sw.opt_str("ElementName") or ""
             if sw.epr is not None:
-                result.setdefault(name.casefold(), (name, object_path(self.node, sw.epr)))
+                result.setdefault(name.casefold(), (name, self.services.path_of(sw.epr)))
         return result
 
     def _switch(self, switches: Mapping[str, Tuple[str, str]], name: str, vm: object) -> str:
@@ -601,7 +601,7 @@ class VmImporter:
                 if path is None:
                     continue  # no connection object: the adapter is not connected already
                 add.append(_embedded(CimInstance(C.EPASD, _connection(
-                    object_path(self.node, _epr(adapter, "an adapter", self.node)), path))))
+                    self.services.path_of(_epr(adapter, "an adapter", self.node)), path))))
                 continue
             inst = _for_modify(conn)
             if path is None:
@@ -1025,7 +1025,7 @@ class VmImporter:
             props: Dict[str, CimValue] = {
                 "ResourceType": drive.opt_int("ResourceType"), "ResourceSubType": drive.opt_str("ResourceSubType"),
                 "AddressOnParent": str(slot.location),
-                "Parent": object_path(self.node, _epr(by_iid[ctrl_iid], "a controller", self.node))}
+                "Parent": self.services.path_of(_epr(by_iid[ctrl_iid], "a controller", self.node))}
             inst = CimInstance(drive.class_name or C.RASD, props)
             if drive.strs("HostResource"):  # pass-through: the host disk
                 inst["HostResource"] = drive.strs("HostResource")
@@ -1042,7 +1042,7 @@ class VmImporter:
             hosts = [paths[slot]] if slot in paths else medium.strs("HostResource")
             props = {"ResourceType": int(C.ResourceType.LOGICAL_DISK),
                      "ResourceSubType": medium.opt_str("ResourceSubType"), "HostResource": hosts,
-                     "Parent": object_path(self.node, _epr(target, "a drive", self.node))}
+                     "Parent": self.services.path_of(_epr(target, "a drive", self.node))}
             items.append(_embedded(CimInstance(medium.class_name or C.SASD, props)))
         now = add(items, "disks and media", now)
 
@@ -1075,7 +1075,7 @@ class VmImporter:
                 raise UnknownDevice(f"the adapter {mac or '(no MAC)'} added to VM {vm_label} cannot be found",
                                     context=self._context(guid), what_to_do="check the VM's adapters on the host")
             items.append(_embedded(CimInstance(C.EPASD, _connection(
-                object_path(self.node, _epr(match, "an adapter", self.node)), path))))
+                self.services.path_of(_epr(match, "an adapter", self.node)), path))))
         add(items, "switch connections", now)
 
     def _discard(self, vm_epr: EndpointReference, guid: str, name: str) -> None:
