@@ -109,3 +109,30 @@ def test_one_incremental_job_alone_is_refused_before_any_data(estate: Any) -> No
     assert "whose manifest is not part of this restore" in text, back.log()
     assert "web01" not in [v.name for v in world.vms.values()]
     no_leftovers(world)
+
+
+def test_an_older_incremental_point_over_the_running_original_and_the_chain_goes_on(estate: Any) -> None:
+    """restore_overwrite of inc1 (not the newest point) over the running VM; the next incremental
+    finds the replaced VM's reference point gone, compares digests against the newest backup and
+    restores to exactly what the VM now holds."""
+    world = estate.sim.world
+    web_id = world.vm("web01").id
+    points = _chain(estate, world)
+    job, expected = points["inc1"]
+    back = _restore(estate, upto=job.jobid, restore_overwrite="yes", restore_force_off="yes")
+    assert back.status == "T", back.log()
+    assert "rebuilt from 2 parts" in back.log(), back.log()
+    vm = check_restored(world, "web01", node="HV01", disks=expected, switches=["External-LAN"])
+    assert vm.id == web_id
+    assert [v.id for v in world.vms.values() if v.name == "web01"] == [web_id]
+    no_leftovers(world)
+
+    frozen_next = _frozen(world, "web01", WEB_DISKS)
+    after = _backup(estate, "I")
+    warnings = "\n".join(_texts(after, "M_WARNING"))
+    assert "by digest" in warnings, after.log()
+    delete_vm(world, "web01")
+    again = _restore(estate, upto=after.jobid)
+    assert again.status == "T", again.log()
+    check_restored(world, "web01", node="HV01", disks=frozen_next, switches=["External-LAN"])
+    no_leftovers(world)
