@@ -8,8 +8,8 @@ Usage::
     r = sim.restore(None, where="/tmp/bareos-restores", pluginoptions="python3:restore_local=yes")
     sim.cancel(jobid)  # from another thread while a job runs
 
-Where fdsim knowingly differs from the fd (no hard-link detection, no Options-block plugins,
-no estimate) the docstrings say so.
+Where fdsim knowingly differs from the fd (no hard-link detection, no Options-block plugins)
+the docstrings say so.
 """
 
 from __future__ import annotations
@@ -87,6 +87,36 @@ DIR_BAD_STORAGE = "Bad response to Storage command: wanted 2000 OK storage, got 
 CANCELED_BEFORE_STORAGE_SECONDS = 36.0
 
 
+# The fd's umask (reference §12: a real 25.1 fd's child process creates folders 0751).  bareos-fd.service
+# is Type=forking and starts bareos-fd without -f, so lib/daemon.cc daemon_start runs
+# ``umask(umask(0) | S_IWGRP | S_IROTH | S_IWOTH)``: the inherited umask (systemd's 022) plus 026.
+# Everything the fd and its children (the plugin's helper processes) create is subject to it.
+FD_UMASK_BITS = 0o026
+
+
+class _DaemonUmask:
+    """Gives this process the fd's umask while any emulated job runs (umask is per process, so one
+    count covers concurrent jobs); the umask from before comes back once the last job ended."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved = 0
+
+    def __enter__(self) -> None:
+        with _DaemonUmask._lock:
+            if _DaemonUmask._users == 0:
+                old = os.umask(0)
+                _DaemonUmask._saved = old
+                os.umask(old | FD_UMASK_BITS)
+            _DaemonUmask._users += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with _DaemonUmask._lock:
+            _DaemonUmask._users -= 1
+            if _DaemonUmask._users == 0:
+                os.umask(_DaemonUmask._saved)
+
+
 class FdSimError(RuntimeError):
     """fdsim cannot run the job at all (bad arguments, no backup to restore)."""
 
@@ -161,6 +191,36 @@ NO_FD_STATUS = "No Job status returned from FD.\n"
 def _commas(n: int) -> str:
     """lib/edit.cc edit_uint64_with_commas."""
     return f"{n:,}"
+
+
+def _owner(uid: int, gid: int) -> Tuple[str, str]:
+    """lib/guid_to_name.cc: user and group names, the number when the name is unknown."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return user, group
+
+
+def ls_line(pkt: Dict[str, Any]) -> str:
+    """One ``estimate listing`` line: lib/attr.cc PrintLsOutput of the save packet (attr_stat_to_str:
+    lib/util.cc encode_mode, ``"  %2d "`` links, ``"%-8.8s %-8.8s"`` owner, ``"%12.12s "`` size, encode_time
+    of st_ctime in local time; then two spaces and the packet's fname, ``" -> link"`` for FT_LNK)."""
+    st = pkt["statp"]
+    user, group = _owner(st.get("st_uid", 0), st.get("st_gid", 0))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.get("st_ctime", 0)))
+    line = (f"{stat.filemode(st['st_mode'])}  {st.get('st_nlink', 0):2d} {user:<8.8} {group:<8.8}"
+            f"{st['st_size']!s:>12.12} {when}  {pkt['fname']}")
+    if pkt["type"] == bfd.FT_LNK:
+        line += f" -> {pkt['link']}"
+    return line
 
 
 @dataclass
@@ -251,6 +311,9 @@ class JobResult:
     modelled_seconds: float = 0.0
     # The director's report at the end of a backup or restore (None for estimates).
     report: JobReport | None = None
+    # Estimates: what bconsole prints, line by line (messages without severity, the ``listing`` lines,
+    # and the fd's closing ``2000 OK estimate files=N bytes=M``).
+    console: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -271,7 +334,10 @@ class JobResult:
         return [m.text for m in self.messages if msg_type is None or m.type == msg_type]
 
     def log(self) -> str:
-        """The job log as the director would print it (with the director's report at the end)."""
+        """The job log as the director would print it (with the director's report at the end);
+        for an estimate, what bconsole prints."""
+        if self.jobid == 0:
+            return "\n".join(self.console)
         lines = [m.render(self.jobid) for m in self.messages]
         if self.report is not None:
             lines.append(self.report.text)
@@ -323,11 +389,23 @@ class _Job:
         self.seen: Set[str] = set()
         self.excludes: List[str] = []
         self.interp: SubInterpreter | None = None
+        # Estimates: bconsole stops reading at the fd's EOD after "2000 OK estimate" (dird ua_cmds.cc
+        # EstimateCmd); what the plugin says later (at bEventJobEnd) is never printed.
+        self.console_closed = False
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def message(self, msg_type: int, text: str, source: str = "core") -> None:
         with self.lock:
             self.result.messages.append(JobMessage(msg_type, text, source))
+            if self.record.jobid == 0:
+                # lib/message.cc Jmsg: "Special case for the console, which has a dir_bsock and JobId
+                # == 0": the text goes straight back to the director (bconsole prints it as it is, with
+                # no daemon, JobId or severity), before any JobStatus or JobErrors bookkeeping: an
+                # M_FATAL during an estimate neither fails nor stops it.
+                prefix = "python3-fd-mod: " if source == "plugin" else ""
+                if not self.console_closed:
+                    self.result.console.append(f"{prefix}{text}".rstrip("\n"))
+                return
             if msg_type in FATAL_TYPES:
                 self.fatal = True
                 self.result.fd_errors = max(self.result.fd_errors, 1)
@@ -726,17 +804,29 @@ class FdSim:
             self.store.commit(record, None)
         return job.result
 
-    def estimate(self, plugin_string: Union[str, Sequence[str]], level: str = "F", *,
+    def estimate(self, plugin_string: Union[str, Sequence[str]], level: str = "F", *, listing: bool = False,
                  plugin_dir: Union[str, Path] = "", extra_sys_path: Sequence[Union[str, Path]] = ()) -> JobResult:
-        """bconsole ``estimate``: start/end_backup_file without I/O; ``files`` lists the items and
-        ``bytes`` sums ``st_size`` of regular-mode items (§3.6).  Not recorded in the catalog."""
+        """bconsole ``estimate [listing] level=...``: the plugin lists its items, nothing is read.
+
+        dird ua_cmds.cc EstimateCmd connects to the fd as JobId 0 and sends the job, level (and since)
+        and fileset commands - so the plugin sees bEventPluginCommand and bEventEndFileSet, but no
+        pluginoptions, no restore objects, no storage command and no bEventStartBackupJob - then
+        ``estimate listing=N``.  filed dir_cmd.cc EstimateCmd runs estimate.cc MakeEstimate, whose
+        fd_plugins.cc PluginEstimate raises bEventEstimateCommand (python-fd: parse_plugin_definition)
+        and loops start_backup_file/end_backup_file without plugin_io; the fd answers ``2000 OK estimate
+        files=<num_files_examined> bytes=<JobBytes>`` and, leaving its command loop, raises bEventJobEnd
+        (no EndJob: JobId 0).  Every message goes to bconsole as it is (:meth:`_Job.message`).
+
+        ``files`` holds every item examined, ``bytes`` the sum of ``st_size`` of regular-mode items,
+        ``console`` what bconsole prints and ``log()`` the same text.  Not recorded in the catalog.
+        """
         cmds = [plugin_string] if isinstance(plugin_string, str) else list(plugin_string)
         record = JobRecord(jobid=0, name="estimate-fdsim", job_type="B", level=level, start_time=int(time.time()))
         job = _Job(self, record, level, str(plugin_dir), [str(p) for p in extra_sys_path], False, FileSetOptions())
         prev = self.store.previous_job(level, cmds) if level in ("I", "D") else None
         if prev is not None:
             job.since = prev.start_time
-        self._run(job, lambda: self._estimate_job(job, cmds))
+        self._run(job, lambda: self._estimate_job(job, cmds, listing))
         return job.result
 
     def running(self) -> List[int]:
@@ -801,6 +891,8 @@ class FdSim:
         return BackgroundJob(getattr(self, kind), args, kwargs)
 
     def _run(self, job: _Job, body: Callable[[], None], on_start: Callable[[int], None] | None = None) -> None:
+        umask = _DaemonUmask()
+        umask.__enter__()
         with self._running_lock:
             self._running[job.record.jobid] = job
         if on_start is not None:
@@ -819,12 +911,15 @@ class FdSim:
                     if job.record.job_type == "R":
                         job.error_terminated = True  # fdsim's own diagnosis (the real fd would die)
         finally:
+            umask.__exit__(None, None, None)
             with self._running_lock:
                 del self._running[job.record.jobid]
             result = job.result
             result.elapsed = time.monotonic() - started
             if job.interp is None:
                 result.status = "f"  # no interpreter: the exception tells why
+            elif job.record.jobid == 0:
+                result.status = "T"  # an estimate has no JobStatus: the fd always ends "2000 OK estimate"
             elif job.canceled:
                 result.status = "A"
             elif job.fatal:
@@ -930,30 +1025,53 @@ class FdSim:
         job.result.modelled_seconds += CANCELED_BEFORE_STORAGE_SECONDS
         return False
 
-    def _estimate_job(self, job: _Job, cmds: List[str]) -> None:
-        for cmd in cmds:
-            if is_python_plugin(cmd):
+    def _estimate_job(self, job: _Job, cmds: List[str], listing: bool) -> None:
+        for cmd in cmds:  # 'fileset' command: one bEventPluginCommand per Plugin= line
+            if is_python_plugin(cmd) or cmd == "*all*":
                 job.event(bfd.bEventPluginCommand, cmd)
         job.event(bfd.bEventEndFileSet)
+        examined = 0
         for cmd in cmds:
-            if job.is_canceled() or not is_python_plugin(cmd):
-                continue
-            if job.event(bfd.bEventEstimateCommand, cmd) != bfd.bRC_OK:
-                continue
-            while not job.is_canceled():
-                values = {"fname": "", "link": "", "type": 0, "flags": bytearray(job.options.flags()),
-                          "no_read": False, "portable": True, "accurate_found": False, "cmd": cmd, "save_time": 0,
-                          "delta_seq": 0, "object_name": None, "object": None, "object_len": 0,
-                          "object_index": 0, "statp": None}
-                res = job.py("start_backup_file", ("start_backup_file", values), "start_backup_file")
-                if int(res["rc"]) != bfd.bRC_OK:
+            examined += self._plugin_estimate(job, cmd, listing)
+        # filed dir_cmd.cc EstimateCmd: OKest with lib/edit.cc edit_uint64_with_commas
+        job.result.console.append(f"2000 OK estimate files={_commas(examined)} bytes={_commas(job.result.bytes)}")
+        job.console_closed = True
+        job.event(bfd.bEventJobEnd)
+
+    def _plugin_estimate(self, job: _Job, cmd: str, listing: bool) -> int:
+        """filed fd_plugins.cc PluginEstimate for one Plugin= line; returns the items examined."""
+        if not is_python_plugin(cmd):
+            job.message(bfd.M_FATAL, f'Command plugin "{cmd}" not found.\n')
+            return 0
+        if job.event(bfd.bEventEstimateCommand, cmd) != bfd.bRC_OK:
+            return 0
+        examined = 0
+        while not job.is_canceled():
+            values = {"fname": "", "link": "", "type": 0, "flags": bytearray(job.options.flags()),
+                      "no_read": False, "portable": True, "accurate_found": False, "cmd": cmd, "save_time": 0,
+                      "delta_seq": 0, "object_name": None, "object": None, "object_len": 0,
+                      "object_index": 0, "statp": None}
+            res = job.py("start_backup_file", ("start_backup_file", values), "start_backup_file")
+            if int(res["rc"]) != bfd.bRC_OK:
+                break  # any other answer ends the plugin's listing silently
+            pkt = res["pkt"]
+            if not pkt["type"]:
+                job.message(bfd.M_FATAL, f'Command plugin "{cmd}": no type in startBackupFile packet.\n')
+                break
+            if pkt["type"] not in OBJECT_TYPES:
+                if not pkt["fname"]:
+                    job.message(bfd.M_FATAL, f'Command plugin "{cmd}": no fname in startBackupFile packet.\n')
                     break
-                pkt = res["pkt"]
-                size = pkt["statp"]["st_size"] if stat.S_ISREG(pkt["statp"]["st_mode"]) else 0
-                job.result.files.append(FileResult(self._catalog_name(pkt), pkt["type"], pkt["statp"]["st_size"], 0))
-                job.result.bytes += size
-                if job.call("end_backup_file") != bfd.bRC_More:
-                    break
+                st = pkt["statp"]
+                examined += 1  # jcr->num_files_examined: what "files=" counts
+                job.result.files.append(FileResult(self._catalog_name(pkt), pkt["type"], st["st_size"], 0))
+                if pkt["type"] != bfd.FT_LNKSAVED and stat.S_ISREG(st["st_mode"]) and st["st_size"] > 0:
+                    job.result.bytes += st["st_size"]
+                if listing:
+                    job.result.console.append(ls_line(pkt))  # M_RESTORED via Jmsg: printed as it is
+            if job.call("end_backup_file") != bfd.bRC_More:
+                break
+        return examined
 
     def _plugin_options(self, job: _Job, pluginoptions: str) -> None:
         if ":" not in pluginoptions or not is_python_plugin(pluginoptions):

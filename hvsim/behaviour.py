@@ -123,3 +123,82 @@ class WinrmBehaviour:
         """Whether the account may not use ``namespace`` on this node (case-insensitive)."""
         low = namespace.replace("\\", "/").strip("/").lower()
         return any(d.replace("\\", "/").strip("/").lower() == low for d in self.denied_namespaces)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints of one VM (``vm.checkpoints``): what a real host does when the guest cannot quiesce,
+# and when the disks of a deleted checkpoint are merged.
+#
+# Sources:
+#
+# * ``snapshot-settings``: Microsoft's Msvm_VirtualSystemSnapshotSettingData page (ConsistencyLevel
+#   0 Unknown, 1 Application Consistent, 2 Crash Consistent: what is *asked*), and
+#   Msvm_VirtualSystemReferencePoint (ConsistencyLevel of the point: what was *achieved*;
+#   hyperv-wmi §4.3 notes that the page swaps the two descriptions, the values are 1 and 2).
+# * ``altaro``: Altaro VM Backup knowledge base, error RCTCONTROLLER_011 on Windows Server 2016+:
+#   "The backup snapshot for this VM is not application consistent. The backup will proceed in
+#   crash-consistent mode" - the backup job completes, with a warning, although VSS failed in the
+#   guest.  Hyper-V Manager's "Create standard checkpoints if it's not possible to create a
+#   production checkpoint" is the same fallback for production checkpoints.
+# * ``os-win``: openstack os-win ``vmutils.remove_vm_snapshot`` returns when DestroySnapshot's job
+#   ends; nothing there (nor in Hyper-V Manager's "Merge in progress" display) waits for the disks.
+# * ``msvm-computersystem``: Msvm_ComputerSystem.OperationalStatus[1] 32772 "Merging Disks"
+#   (Microsoft's class page; hyperv-wmi §2.1; eryph's MsvmComputerSystemOperationalStatus enum
+#   also lists it), shown while an online merge runs after the checkpoint itself is gone.
+# * ``workinghardinit``: "Remove lingering backup checkpoints" (Didier Van Hoye): after
+#   Remove-VMSnapshot returns, "you can see the merging process in the GUI" - the merge outlives
+#   the command.
+
+# What CreateSnapshot with ConsistencyLevel 1 (application) does on a running VM whose guest
+# cannot take part (vm.guest_vss False, or no SCSI controller).
+VSS_FAILURE = {
+    # the job ends in Exception: the simulator's historical answer; 2012 R2-style backups and
+    # the recovery-checkpoint path of hosts that refuse to fall back.
+    "fail",
+    # the job completes with warnings (JobState 32768) and GetErrorEx returns a warning that the
+    # checkpoint is crash-consistent; the reference point made from it has ConsistencyLevel 2
+    # (altaro: the job goes on, the warning is reported).  Exact wording not captured.
+    "degrade_warning",
+    # the job completes (JobState 7) with no error at all; only the reference point's
+    # ConsistencyLevel (2) tells.  No capture shows this; modelled so that the product proves
+    # it reads the achieved level instead of assuming it.
+    "degrade_silent",
+}
+
+# When the disks of a checkpoint that DestroySnapshot / ConvertToReferencePoint removed are merged.
+MERGE = {
+    # inside the method's job: the simulator's historical behaviour (an offline VM with a small
+    # differencing disk comes close to it on a real host).
+    "sync",
+    # after the job: the checkpoint is gone when the job completes, but each .avhdx stays (the
+    # VM keeps running on it, OperationalStatus shows 32772) until ``merge_seconds`` have passed
+    # on the world's clock or ``merge_polls`` more looks at the VM were answered, whichever comes
+    # first (os-win, msvm-computersystem, workinghardinit).  A checkpoint with a later checkpoint
+    # on top of it is still merged inside the job (the simulator does not model re-parenting
+    # under a running merge).
+    "async",
+}
+
+# What CreateSnapshot does while a merge of the VM's disks is running.  No capture: Hyper-V
+# serialises checkpoint operations of a VM, and whether a new one fails ("refuse", the worst case
+# for a client) or waits for the merge inside its job ("wait") is not documented.
+CREATE_WHILE_MERGING = {"refuse", "wait"}
+
+_CHECKPOINT_CHOICES = {"vss_failure": VSS_FAILURE, "merge": MERGE, "create_while_merging": CREATE_WHILE_MERGING}
+
+
+@dataclass
+class CheckpointBehaviour:
+    """Per-VM checkpoint knobs (see the tables above); an unknown variant raises ValueError."""
+
+    vss_failure: str = "fail"
+    merge: str = "sync"
+    merge_seconds: float = 0.0  # async: the merge ends this long after the method's job ended ...
+    merge_polls: int = 0  # ... or after this many looks at the VM (0: time only)
+    create_while_merging: str = "refuse"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        allowed = _CHECKPOINT_CHOICES.get(name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"hvsim: {name} must be one of {sorted(allowed)}, not {value!r}")
+        super().__setattr__(name, value)

@@ -80,6 +80,9 @@ class SambaServer:
     :param encrypt: require SMB3 encryption on every share.
     :param encrypted_shares: share names that require encryption even when ``encrypt`` is false.
     :param read_only_shares: share names served read-only (writes fail with access denied).
+    :param denied_shares: share names the account may not connect to: the tree connect fails with
+        STATUS_ACCESS_DENIED, as Windows answers a non-administrator (or a local administrator whose
+        token UAC filters) on an admin share (:mod:`hvsim.rights`).
     :param workdir: parent for the private state directory (default: the system temp dir).
     """
 
@@ -92,6 +95,7 @@ class SambaServer:
         encrypt: bool = False,
         encrypted_shares: Iterable[str] = (),
         read_only_shares: Iterable[str] = (),
+        denied_shares: Iterable[str] = (),
         workdir: Path | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
@@ -104,9 +108,11 @@ class SambaServer:
         self.encrypt = encrypt
         self.encrypted_shares = frozenset(encrypted_shares)
         self.read_only_shares = frozenset(read_only_shares)
-        unknown = (self.encrypted_shares | self.read_only_shares) - set(self.shares)
+        self.denied_shares = frozenset(denied_shares)
+        unknown = (self.encrypted_shares | self.read_only_shares | self.denied_shares) - set(self.shares)
         if unknown:
-            raise SambaError(f"encrypted_shares/read_only_shares name unknown shares: {sorted(unknown)}")
+            raise SambaError(f"encrypted_shares/read_only_shares/denied_shares name unknown shares: "
+                             f"{sorted(unknown)}")
         self._workdir_parent = workdir
         self.start_timeout = start_timeout
         self.host = LOOPBACK
@@ -200,6 +206,9 @@ class SambaServer:
                 "browseable = yes",
                 f"valid users = {UNIX_ACCOUNT} {_conf_value(self.user)}",
                 f"force user = {UNIX_ACCOUNT}",
+                # smbd checks "invalid users" against the mapped account at tree connect and answers
+                # NT_STATUS_ACCESS_DENIED, the status Windows gives a non-administrator on C$.
+                *([f"invalid users = {UNIX_ACCOUNT}"] if name in self.denied_shares else []),
                 "follow symlinks = yes",
                 "wide links = yes",
                 "create mask = 0644",
@@ -373,6 +382,7 @@ class SambaCluster:
 
     :param nodes: node name -> directory served as ``C$`` (``ClusterFileSystem.share_dir``).
     :param extra_shares: node name -> {share name -> directory} (for share-map tests).
+    :param denied_shares: node name -> share names the account may not connect to (:mod:`hvsim.rights`).
     """
 
     def __init__(
@@ -383,18 +393,22 @@ class SambaCluster:
         *,
         extra_shares: Mapping[str, Mapping[str, Path]] | None = None,
         encrypt: bool = False,
+        denied_shares: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.servers: Dict[str, SambaServer] = {}
         extra = extra_shares or {}
+        denied = {k.upper(): frozenset(v) for k, v in (denied_shares or {}).items()}
         # Every node accepts the same account, as a domain account would be accepted cluster-wide.
         password = password if password is not None else secrets.token_urlsafe(18)
         for node, cdrive in nodes.items():
             shares: Dict[str, Path] = {"C$": cdrive}
             shares.update(extra.get(node, {}))
-            self.servers[node.upper()] = SambaServer(shares, user, password, encrypt=encrypt)
+            self.servers[node.upper()] = SambaServer(shares, user, password, encrypt=encrypt,
+                                                     denied_shares=denied.get(node.upper(), ()))
         for node in extra:
             if node.upper() not in self.servers:
-                self.servers[node.upper()] = SambaServer(dict(extra[node]), user, password, encrypt=encrypt)
+                self.servers[node.upper()] = SambaServer(dict(extra[node]), user, password, encrypt=encrypt,
+                                                         denied_shares=denied.get(node.upper(), ()))
 
     def start(self) -> SambaCluster:
         """Start every node's smbd (stopping the ones already started if one fails)."""

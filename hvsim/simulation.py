@@ -97,8 +97,12 @@ class Simulation:
             if self._want_samba:
                 shares = {name: self.world.fs.share_dir(name) for name in self.world.nodes}
                 extra = {name: {"D$": self.world.fs.share_dir(name, "D")} for name in self.world.nodes}
+                # Admin shares the account may not use on each node (hvsim.rights: not an
+                # administrator there, or a local administrator whose token UAC filters).
+                denied = {name: [s for s in ("C$", "D$") if self.world.nodes[name].rights.denies_share(s)]
+                          for name in self.world.nodes}
                 self.samba = SambaCluster(shares, self.user, self.password, extra_shares=extra,
-                                          encrypt=self._smb_encrypt)
+                                          encrypt=self._smb_encrypt, denied_shares=denied)
                 self.samba.start()
         except BaseException:
             self.stop()

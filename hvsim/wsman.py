@@ -75,6 +75,7 @@ from hvsim.cim import (
 )
 from hvsim.faults import QUOTA_LIMIT, WSMAN_FAULT, FaultPlan, FaultRule
 from hvsim.requestlog import OUTCOME_OK, RequestLog, RequestRecord
+from hvsim.rights import AccountRights
 from hvsim.wql import (
     AssociatorsQuery,
     ReferencesQuery,
@@ -756,7 +757,9 @@ class Dispatcher:
                              detail=FAULT_DETAIL + "InvalidResourceURI")
         ns_spelling, cls = rest.rsplit("/", 1)
         namespace = self._canonical_namespace(ns_spelling)
-        if self._behaviour().denies(namespace):
+        rights = getattr(self.repo, "rights", None)
+        if self._behaviour().denies(namespace) or (isinstance(rights, AccountRights)
+                                                    and rights.denies_namespace(namespace)):
             raise self._access_denied(namespace)
         if cls == "*":
             return _Resource(uri, namespace, ns_spelling, None, None)

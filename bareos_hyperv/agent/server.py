@@ -223,7 +223,7 @@ class AgentServer:
         assert isinstance(msg, StartJob)
         if self.session is not None:
             raise ProtocolError("the agent serves one job and it has already started")
-        if msg.options.get("agent_debug") == "yes":
+        if msg.options.debug:
             logging.getLogger().setLevel(logging.DEBUG)
             # smbprotocol logs every packet at INFO/DEBUG: far too much for a job log.
             logging.getLogger("smbprotocol").setLevel(logging.WARNING)

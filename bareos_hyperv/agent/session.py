@@ -17,16 +17,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 from bareos_hyperv.agent.connections import Connections, connect
-from bareos_hyperv.agent.sources import Source, make_source
+from bareos_hyperv.agent.sources import Estimating, Source, make_source
 from bareos_hyperv.agent.transfer import Drain, Pump, make_pipe
 from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, ManifestError, ProtocolError, StorageError
 from bareos_hyperv.manifest.document import from_xml
-from bareos_hyperv.manifest.layout import DELTA_MARKER, DISKS_DIR, MANIFEST_FILE, ROOT, EntryKind, parse_path
+from bareos_hyperv.manifest.layout import (
+    DELTA_MARKER,
+    DISKS_DIR,
+    MANIFEST_FILE,
+    ROOT,
+    SPARSE_MARKER,
+    EntryKind,
+    parse_path,
+)
 from bareos_hyperv.model.backup import PartKind
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.model.options import JobOptions
 from bareos_hyperv.protocol.messages import (
     CleanupRecord,
     FileDone,
@@ -62,11 +71,39 @@ MAX_OUTBOX = 1000
 JOIN_TIMEOUT = 120.0
 # Restored data is written under this suffix and renamed into place only when complete.
 PARTIAL_SUFFIX = ".bareos-hyperv-partial"
+# Modes of what a restore to a directory creates, whatever the umask (a real fd runs with 026, so
+# its children would make folders 0751; a shell started agent 0755).  The files carry a VM's disks
+# and configuration: folders are the owner's and the fd's group's only; a file is written as 0600
+# and gets the mode saved with it (0640 for this plugin's items) once complete.
+RESTORE_DIR_MODE = 0o750
+PARTIAL_FILE_MODE = 0o600
 # The last item of a VM's tree in each job (after its disks): where a restore checks the point.
 TRAILER_NAME = "SHA256SUMS"
 # A long step inside one request (a backup reading whole disks to plan deltas) tells the fd it is
 # alive at most this often (seconds); the fd's agent_timeout counts silence.
 HEARTBEAT_INTERVAL = 10.0
+
+
+def _make_restore_dirs(folder: PurePosixPath) -> None:
+    """``mkdir -p`` of a restore target's folder: the folders it creates get :data:`RESTORE_DIR_MODE`
+    (set after mkdir, so the umask does not decide); folders that exist are left as they are."""
+    missing: List[PurePosixPath] = []
+    current = folder
+    while not os.path.isdir(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, RESTORE_DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise StorageError(f"cannot create the folder {path}: a file of that name is in the way",
+                                   what_to_do="restore to another where= directory, or move the file") from None
+            continue  # made meanwhile by another item: keep its mode
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder {path}: {exc.strerror}",
+                               what_to_do="check the restore directory (where=) and its permissions") from None
+        os.chmod(path, RESTORE_DIR_MODE)
 
 
 def peak_rss_kib() -> int:
@@ -97,6 +134,20 @@ def _delta_image(name: str, target: str) -> Optional[str]:
     if parsed.kind is not EntryKind.DELTA:
         return None
     return target[: -len(f"{DELTA_MARKER}{parsed.job_id}")]
+
+
+def _sparse_image(target: str) -> Optional[str]:
+    """For a sparse full of a bareos-hyperv save set (``disks/<n>-<file>+S``): the disk file it restores to."""
+    path = PurePosixPath(target)
+    if path.parent.name != DISKS_DIR or not path.name.endswith(SPARSE_MARKER):
+        return None
+    try:
+        parsed = parse_path(f"{ROOT}/scope/vm/{DISKS_DIR}/{path.name}")
+    except ManifestError:
+        return None
+    if parsed.kind is not EntryKind.SPARSE:
+        return None
+    return target[: -len(SPARSE_MARKER)]
 
 
 class Redactor:
@@ -199,7 +250,7 @@ class Session:
         self.kind = start.kind
         self.outbox = outbox
         self.redact = redact
-        self._options: Dict[str, str] = dict(start.options)
+        self._options: JobOptions = start.options
         self._credentials: Optional[Credentials] = None
         if start.credentials is not None:
             wire = start.credentials
@@ -218,6 +269,7 @@ class Session:
         self._connections: Optional[Connections] = None
         self._finished = False
         self._base: List[RestoreObject] = list(start.base)
+        self._estimated = False  # estimate: the one listing was given
         # Restore to a directory: chunk digests of the disk files deltas were applied to in this job,
         # so that the next delta of the chain need not read the whole file again.
         self._images: Dict[str, ImageHashes] = {}
@@ -230,28 +282,30 @@ class Session:
         if self.kind is JobKind.RESTORE and restore is not None and restore.target is RestoreTarget.HYPERV:
             from bareos_hyperv.restore.execute import HyperVRestore
 
-            self._connections = connect(self._options, self.credentials())
+            self._connections = self.connections()
             self.hyperv = HyperVRestore(restore, self._connections.connector, self._connections.storage,
                                         self._connections.resolver, job_id=start.jobid,
-                                        timeout=float(self._options.get("timeout", "1800")))
+                                        timeout=float(self._options.timeout))
         elif self.kind is JobKind.CLEANUP and start.cleanup is not None and start.cleanup.restore:
-            self._connections = connect(self._options, self.credentials())  # undo_record in run_cleanup
-        elif self.kind in (JobKind.BACKUP, JobKind.CLEANUP):
+            self._connections = self.connections()  # undo_record in run_cleanup
+        elif self.kind in (JobKind.BACKUP, JobKind.CLEANUP, JobKind.ESTIMATE):
             self.source = make_source(start.source, self)
             if self.kind is JobKind.CLEANUP and not isinstance(self.source, Undoing):
                 raise ConfigurationError(f"source={start.source} has nothing to clean up",
                                          what_to_do="report this as a bug with the job log")
-        elif self.kind is JobKind.RESTORE and restore is None and self._options.get("restore_local", "yes") != "yes":
-            raise ConfigurationError(
-                f"restore_local=no (restore into Hyper-V) is not available for source={start.source}",
-                what_to_do="restore with restore_local=yes (files go below the restore job's where= directory)")
+        # A restore without restore options, or with target=directory, writes below where= (the fd
+        # refused restore_to=hyperv / restore_local=no for other sources when it typed the options).
 
     # -- SourceContext ---------------------------------------------------------------------------
 
     @property
-    def options(self) -> Mapping[str, str]:
-        """The job's options."""
+    def options(self) -> JobOptions:
+        """The job's options, typed by the fd."""
         return self._options
+
+    def connections(self) -> Connections:
+        """New connections as the job's connection options describe them (the caller closes them)."""
+        return connect(self._options.connection, self.credentials())
 
     @property
     def job_id(self) -> int:
@@ -289,7 +343,7 @@ class Session:
     def credentials(self) -> Credentials:
         """Credentials sent with StartJob, else those of ``credentials_file``."""
         if self._credentials is None:
-            path = self._options.get("credentials_file")
+            path = self._options.credentials_file
             if not path:
                 raise ConfigurationError("this source needs credentials but none were given",
                                          what_to_do="set credentials_file= to a file with username= and "
@@ -307,6 +361,10 @@ class Session:
         """The source's items (remembered for OpenFile)."""
         if self.source is None:
             raise ProtocolError("ListFiles is only valid in a backup job")
+        if self.kind is JobKind.ESTIMATE:
+            # An estimate changes nothing on any host (bconsole estimate runs the plugin as JobId 0):
+            # a source that would change something for its listing says what it would produce instead.
+            return self._estimate(self.source)
         files = self.source.list_files()
         for f in files:
             if f.name in self._listed:
@@ -317,11 +375,21 @@ class Session:
                       self.start.source)
         return files
 
+    def _estimate(self, source: Source) -> List[FileEntry]:
+        """Estimate: the source's read-only listing, one batch ([] once listed); nothing can be opened."""
+        if self._estimated:
+            return []
+        self._estimated = True
+        files = source.estimate() if isinstance(source, Estimating) else source.list_files()
+        log.info("estimate: %d item(s), %d bytes from source %s", len(files), sum(f.size for f in files),
+                 self.start.source)
+        return files
+
     def pending_cleanup(self) -> Optional[CleanupRecord]:
         """What the source (or the restore) would have to undo if the job ended now (None: nothing)."""
         if self.hyperv is not None:
-            return None if self._finished else self.hyperv.pending_cleanup(self._options.get("host", ""),
-                                                                            self.start.jobid)
+            host = self._options.backup.host if self._options.backup is not None else ""
+            return None if self._finished else self.hyperv.pending_cleanup(host, self.start.jobid)
         source = self.source
         return source.pending_cleanup() if isinstance(source, Undoing) else None
 
@@ -334,7 +402,7 @@ class Session:
             from bareos_hyperv.restore.execute import undo_record
 
             assert self._connections is not None  # made in __init__
-            timeout = float(self._options.get("timeout", "60"))
+            timeout = float(self._options.timeout)
             return undo_record(record, self._connections.connector, self._connections.storage,
                                self._connections.resolver, timeout=timeout)
         source = self.source
@@ -351,7 +419,7 @@ class Session:
     def open_file(self, name: str) -> int:
         """Start streaming ``name``; returns the pipe's read end (the caller sends, then closes it)."""
         entry = self._listed.get(name)
-        if self.source is None or entry is None:
+        if self.source is None or entry is None or self.kind is JobKind.ESTIMATE:
             raise ProtocolError(f"OpenFile for {name!r}, which ListFiles did not return")
         if name in self._pumps:
             raise ProtocolError(f"{name} is already open")
@@ -430,16 +498,46 @@ class Session:
         image = _delta_image(entry.name, target)
         if image is not None:
             return self._create_delta(entry, image)
+        sparse = _sparse_image(target)
+        if sparse is not None:
+            return self._create_sparse(entry, sparse, replace)
+        if not replace and self._local.exists(LocalLocation(path)):
+            raise StorageExists(f"{target} already exists and the restore job does not replace files",
+                                what_to_do="restore with replace=always or to another where= directory")
+        _make_restore_dirs(path.parent)
+        temp = str(path.parent / f".{path.name}{PARTIAL_SUFFIX}")
+        self._local.delete(LocalLocation(PurePosixPath(temp)), missing_ok=True)  # left by a killed agent
+        writer = self._local.create(LocalLocation(PurePosixPath(temp)))
+        try:
+            os.chmod(temp, PARTIAL_FILE_MODE)
+        except OSError as exc:
+            writer.discard()
+            raise StorageError(f"cannot restrict the access to {temp}: {exc.strerror}",
+                               what_to_do="check the restore directory's file system") from None
+        rfd, wfd = make_pipe()
+        drain = Drain(entry.name, rfd, writer, entry.size, self._progress)
+        self._restores[entry.name] = _Restore(entry, target, temp, replace, writer, drain)
+        drain.start()
+        return wfd
+
+    def _create_sparse(self, entry: FileEntry, target: str, replace: bool) -> int:
+        """A sparse full: written into a new empty file under a temporary name, restored as the plain disk file.
+
+        The file is set to its final length (holes where the file system allows), the listed
+        ranges are written, the image digest is checked, then the file takes its name.
+        """
+        path = PurePosixPath(target)
         if not replace and self._local.exists(LocalLocation(path)):
             raise StorageExists(f"{target} already exists and the restore job does not replace files",
                                 what_to_do="restore with replace=always or to another where= directory")
         self._local.makedirs(LocalLocation(path.parent))
         temp = str(path.parent / f".{path.name}{PARTIAL_SUFFIX}")
         self._local.delete(LocalLocation(PurePosixPath(temp)), missing_ok=True)  # left by a killed agent
-        writer = self._local.create(LocalLocation(PurePosixPath(temp)))
+        self._local.create(LocalLocation(PurePosixPath(temp))).close()
+        applier = DeltaApplier(FilePatchTarget(temp), name=entry.name)
         rfd, wfd = make_pipe()
-        drain = Drain(entry.name, rfd, writer, entry.size, self._progress)
-        self._restores[entry.name] = _Restore(entry, target, temp, replace, writer, drain)
+        drain = Drain(entry.name, rfd, applier, entry.size, self._progress)
+        self._restores[entry.name] = _Restore(entry, target, temp, True, applier, drain, delta=applier)
         drain.start()
         return wfd
 

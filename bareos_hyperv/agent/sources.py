@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import stat as stat_mod
 from pathlib import PurePosixPath
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
+from bareos_hyperv.agent.connections import SMB_PORT
 from bareos_hyperv.backup.context import SourceContext
 from bareos_hyperv.errors import ConfigurationError
 from bareos_hyperv.protocol.messages import FileEntry
@@ -25,7 +26,7 @@ from bareos_hyperv.storage.base import FileReader, StorageNotFound
 from bareos_hyperv.storage.local import LocalStorage
 from bareos_hyperv.storage.locations import LocalLocation, SmbLocation
 
-__all__ = ["SOURCES", "FilesSource", "SmbSource", "Source", "SourceContext", "make_source"]
+__all__ = ["SOURCES", "Estimating", "FilesSource", "SmbSource", "Source", "SourceContext", "make_source"]
 
 FILES_PREFIX = "@files"
 SMB_PREFIX = "@smb"
@@ -55,15 +56,24 @@ class Source(Protocol):
         """Release connections (idempotent); undo unfinished work when the job did not complete."""
 
 
-def _split_list(value: str) -> List[str]:
-    return [p.strip() for p in value.split(",") if p.strip()]
+@runtime_checkable
+class Estimating(Protocol):
+    """A source whose listing changes something on a host (a checkpoint, an export), and which can
+    therefore say what it would produce without changing anything (bconsole ``estimate``).
+
+    Sources without it (``files``, ``smb``) only read to list, so their ``list_files`` serves.
+    """
+
+    def estimate(self) -> List[FileEntry]:
+        """Every item a backup would save now, with sizes as they are now; changes nothing."""
 
 
 class FilesSource:
     """Local files and directory trees (regular files only, sorted, symlinks to files followed)."""
 
     def __init__(self, ctx: SourceContext) -> None:
-        self._paths = _split_list(ctx.options.get("paths", ""))
+        files = ctx.options.files
+        self._paths = list(files.paths) if files is not None else []
         if not self._paths:
             raise ConfigurationError("source=files needs at least one path", what_to_do="set paths=/dir/or/file")
         self._storage = LocalStorage()
@@ -118,17 +128,17 @@ class SmbSource:
     def __init__(self, ctx: SourceContext) -> None:
         from bareos_hyperv.storage.smb import SmbOptions, SmbStorage  # smbprotocol: only when used
 
-        opts = ctx.options
-        self._server = opts.get("smb_server", "")
-        self._share = opts.get("smb_share", "")
-        self._paths = [p.replace("/", "\\").strip("\\") for p in _split_list(opts.get("smb_paths", ""))]
-        if not (self._server and self._share and self._paths):
+        opts = ctx.options.smb
+        if opts is None or not (opts.server and opts.share and opts.paths):
             raise ConfigurationError("source=smb needs smb_server, smb_share and smb_paths",
                                      what_to_do="set all three options")
+        self._server = opts.server
+        self._share = opts.share
+        self._paths = list(opts.paths)
         endpoints: Dict[str, Tuple[str, int]] = {}
-        if opts.get("smb_address") or opts.get("smb_port"):
-            endpoints[self._server] = (opts.get("smb_address") or self._server, int(opts.get("smb_port") or 445))
-        smb_options = SmbOptions(encrypt=opts.get("smb_encrypt", "no") == "yes")
+        if opts.address or opts.port:
+            endpoints[self._server] = (opts.address or self._server, opts.port or SMB_PORT)
+        smb_options = SmbOptions(encrypt=ctx.options.connection.smb_encrypt)
         self._storage = SmbStorage.from_credentials(ctx.credentials(), endpoints=endpoints, options=smb_options)
         self._where: Dict[str, SmbLocation] = {}
 

@@ -21,7 +21,7 @@ import binascii
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bareos_hyperv.errors import ManifestError
 from bareos_hyperv.manifest.document import Manifest, from_xml
@@ -56,6 +56,8 @@ class DiskBase:
     ``job_id`` is the job whose image this is (the job that wrote the last part of ``chain``, or
     a later one that found the file unchanged); ``path`` the host path the image came from.
     ``bat`` is the raw VHDX BAT region (``bat_offset`` its file offset), empty for VHD files.
+    ``zeros`` are the file ranges where the image holds zeros the file itself may not (what a
+    sparse full did not read and no later delta overwrote; ``docs/delta-format.md``).
     """
 
     vm_guid: str
@@ -71,6 +73,7 @@ class DiskBase:
     chain: List[ChainPart] = field(default_factory=list)
     bat_offset: int = 0
     bat: bytes = b""
+    zeros: List[Tuple[int, int]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -100,6 +103,8 @@ class DiskBase:
             "chain": [{"job": c.job_id, "name": c.name, "kind": c.kind.value, "digest": c.image_digest}
                       for c in self.chain],
         }
+        if self.zeros:
+            doc["zeros"] = [[o, n] for o, n in self.zeros]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -129,9 +134,22 @@ class DiskBase:
                        disk_format=str(doc["format"]), disk_id=doc.get("diskId"),
                        virtual_size=int(doc["virtualSize"]), block_size=int(doc["blockSize"]),
                        job_id=int(doc["job"]), hashes=hashes, sha256=doc.get("sha256"), chain=chain,
-                       bat_offset=int(doc["batOffset"]), bat=bat)
+                       bat_offset=int(doc["batOffset"]), bat=bat, zeros=_zeros(doc.get("zeros", []), hashes.size))
         except (KeyError, TypeError, ValueError, binascii.Error, zlib.error, DeltaFormatError) as exc:
             raise bad(f"is incomplete or damaged ({type(exc).__name__}: {exc})") from None
+
+
+def _zeros(value: Any, size: int) -> List[Tuple[int, int]]:
+    """The ``zeros`` ranges of a base object: sorted, disjoint, inside the image."""
+    out: List[Tuple[int, int]] = []
+    end = 0
+    for raw_offset, raw_length in value:
+        offset, length = int(raw_offset), int(raw_length)
+        if offset < end or length <= 0 or offset + length > size:
+            raise ValueError(f"zero range {offset}+{length} is out of order or outside the image")
+        out.append((offset, length))
+        end = offset + length
+    return out
 
 
 @dataclass

@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
-from typing import List, Mapping, Protocol
+from typing import List, Protocol
 
+from bareos_hyperv.hyperv.connection import Connector
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.model.options import JobOptions
 from bareos_hyperv.protocol.messages import RestoreObject
+from bareos_hyperv.storage.base import Storage
+from bareos_hyperv.storage.locations import LocationResolver
 
-__all__ = ["SourceContext"]
+__all__ = ["JobConnections", "SourceContext"]
+
+
+class JobConnections(Protocol):
+    """WinRM clients per node, the data plane and the path resolver (``agent.connections.Connections``)."""
+
+    connector: Connector
+    storage: Storage
+    resolver: LocationResolver
+
+    def close(self) -> None:
+        """Disconnect both planes (idempotent)."""
 
 
 class SourceContext(Protocol):
-    """What a source may ask of the job: its options and (lazily) its credentials."""
+    """What a source may ask of the job: its options, (lazily) its credentials and connections."""
 
     @property
-    def options(self) -> Mapping[str, str]:
-        """The job's options as the fd validated them (strings)."""
+    def options(self) -> JobOptions:
+        """The job's options, typed by the fd."""
 
     def credentials(self) -> Credentials:
         """The account for remote sources; raises ConfigurationError when none was given."""
+
+    def connections(self) -> JobConnections:
+        """New connections to the hosts and their files as ``options.connection`` describes them.
+
+        Nothing is contacted yet; the caller owns them and closes them.
+        """
 
     @property
     def job_id(self) -> int:

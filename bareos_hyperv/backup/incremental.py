@@ -5,6 +5,14 @@ For each file of a VM's disk chains the backup asks :func:`plan_file` what to st
 * **full** - no base for the file (the first backup, a disk added, a base that could not be
   read): the whole file, hashed on the way (:class:`~bareos_hyperv.storage.delta.HashingReader`)
   so that the next job has a base;
+* **sparse full** - the same for a dynamic or differencing VHD/VHDX whose file holds at least
+  :data:`SPARSE_MIN_SAVING` bytes its tables do not reference (trimmed or unmapped blocks, free
+  space): only the referenced ranges (:meth:`~bareos_hyperv.storage.vhd.VirtualDisk.referenced_ranges`)
+  are read and sent, as a delta whose base is the empty file; the image it restores has zeros
+  where the file was not read (the *normalised image*), and that image is the chain's base.
+  Those zero ranges travel with the base (:attr:`FilePlan.zeros`): where the image holds zeros
+  but the file still has the old bytes of a trimmed block, the digests of an rct delta are taken
+  of the file with those ranges read as zeros, so they describe what a restore rebuilds;
 * **unchanged** (VHDX) - the header section is byte-identical to the base's and so is the
   size: a VHDX gets a new ``FileWriteGuid`` in its header before the first write of every
   session ([MS-VHDX] 2.2.2), so nothing was written since the base;
@@ -25,6 +33,7 @@ reader; nothing here talks to Hyper-V (the changed ranges arrive as a callable).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -35,6 +44,7 @@ from bareos_hyperv.errors import BareosHyperVError, StorageError
 from bareos_hyperv.model.backup import DeltaMethod
 from bareos_hyperv.storage.base import FileReader, Storage
 from bareos_hyperv.storage.delta import (
+    MIN_CHUNK_SIZE,
     READ_SIZE,
     ChunkHasher,
     DeltaHeader,
@@ -45,10 +55,11 @@ from bareos_hyperv.storage.delta import (
     merge_ranges,
 )
 from bareos_hyperv.storage.locations import Location
-from bareos_hyperv.storage.vhd import BlockKind, ExtentKind, VhdError, VirtualDisk, open_disk
+from bareos_hyperv.storage.vhd import BlockKind, DiskType, ExtentKind, VhdError, VirtualDisk, open_disk
 from bareos_hyperv.storage.vhd import DiskFormat as VhdFormat
 
-__all__ = ["FilePlan", "RctRanges", "ReaderSource", "plan_file"]
+__all__ = ["SPARSE_MIN_SAVING", "FilePlan", "RctRanges", "ReaderSource", "complement_ranges", "plan_file",
+           "sparse_ranges", "subtract_ranges", "zeroed_read_at"]
 
 log = logging.getLogger("bareos_hyperv.backup.incremental")
 
@@ -63,6 +74,10 @@ _STATE_MASK = 0x7
 _OFFSET_MASK = 0xFFFFFFFFFFF00000
 _PRESENT_PAYLOAD = (6, 7)  # PAYLOAD_BLOCK_FULLY_PRESENT, PAYLOAD_BLOCK_PARTIALLY_PRESENT
 _PRESENT_BITMAP = 6  # SB_BLOCK_PRESENT
+#: A full copy of a dynamic or differencing disk becomes a sparse full when the file holds at least
+#: this many bytes its tables do not reference; below it the plain copy costs about the same and
+#: keeps the saved item byte-identical to the file.
+SPARSE_MIN_SAVING = MIN_CHUNK_SIZE
 
 # The changed virtual ranges of the file since the base (GetVirtualDiskChanges), or None.
 RctRanges = Callable[[], List[Tuple[int, int]]]
@@ -111,11 +126,17 @@ class FilePlan:
     bat_offset: int = 0
     bat: bytes = b""
     bytes_read: int = 0  # read while planning (for the log)
+    sparse: bool = False  # a full copy of the referenced ranges only (``ranges``, ``header``)
+    # Ranges where the image this job leaves holds zeros although the file may not: what a sparse
+    # full did not read and no later delta of the chain overwrote (the next job's base).
+    zeros: List[Tuple[int, int]] = field(default_factory=list)
 
     @property
     def item_size(self) -> int:
         """Bytes the item puts into the save set."""
-        return self.size if self.method is None else delta_size(self.ranges)
+        if self.method is None and not self.sparse:
+            return self.size
+        return delta_size(self.ranges, sparse=self.sparse)
 
 
 def _open_layout(reader: FileReader, name: str) -> Optional[VirtualDisk]:
@@ -141,6 +162,74 @@ def _bat(disk: Optional[VirtualDisk], reader: FileReader) -> Tuple[int, bytes]:
     return region.offset, data
 
 
+def sparse_ranges(disk: Optional[VirtualDisk], size: int) -> Optional[List[Tuple[int, int]]]:
+    """The ranges a sparse full of the file sends, None when it is sent whole.
+
+    Whole: a fixed disk, a file the reader cannot parse, or one whose tables reference all but
+    less than :data:`SPARSE_MIN_SAVING` bytes.
+    """
+    if disk is None or disk.layout.disk_type is DiskType.FIXED:
+        return None
+    try:
+        referenced = disk.referenced_ranges()
+    except VhdError as exc:
+        log.warning("%s: its block table cannot be walked (%s); it is copied whole", disk.name, exc)
+        return None
+    ranges = merge_ranges(((r.offset, r.length) for r in referenced), limit=size)
+    if size - sum(n for _o, n in ranges) < SPARSE_MIN_SAVING:
+        return None
+    return ranges
+
+
+def zeroed_read_at(read_at: Callable[[int, int], bytes],
+                   zeros: Sequence[Tuple[int, int]]) -> Callable[[int, int], bytes]:
+    """``read_at`` that returns zeros in the ``zeros`` ranges (sorted, disjoint) without reading them."""
+    if not zeros:
+        return read_at
+    starts = [o for o, _n in zeros]
+
+    def read(offset: int, length: int) -> bytes:
+        data = bytearray(read_at(offset, length))
+        end = offset + len(data)
+        index = max(bisect.bisect_right(starts, offset) - 1, 0)
+        while index < len(zeros):
+            start, n = zeros[index]
+            if start >= end:
+                break
+            a, b = max(start, offset), min(start + n, end)
+            if b > a:
+                data[a - offset:b - offset] = bytes(b - a)
+            index += 1
+        return bytes(data)
+
+    return read
+
+
+def subtract_ranges(ranges: Sequence[Tuple[int, int]], remove: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """``ranges`` minus ``remove`` (both sorted and disjoint), sorted and disjoint."""
+    out: List[Tuple[int, int]] = []
+    j = 0
+    for offset, length in ranges:
+        pos, end = offset, offset + length
+        while j < len(remove) and remove[j][0] + remove[j][1] <= pos:
+            j += 1
+        k = j
+        while pos < end and k < len(remove) and remove[k][0] < end:
+            r_start, r_end = remove[k][0], remove[k][0] + remove[k][1]
+            if r_start > pos:
+                out.append((pos, r_start - pos))
+            pos = max(pos, r_end)
+            k += 1
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
+
+
+def complement_ranges(ranges: Sequence[Tuple[int, int]], size: int) -> List[Tuple[int, int]]:
+    """What of ``[0, size)`` the sorted, disjoint ``ranges`` do not cover."""
+    return subtract_ranges([(0, size)] if size > 0 else [], ranges)
+
+
 def plan_file(storage: Storage, location: Location, name: str, *, job_id: int, base: Optional[DiskBase],
               rct: Optional[RctRanges], no_rct_reason: str, virtual_size: int,
               why_full: str = "", tick: Callable[[], None] = lambda: None) -> FilePlan:
@@ -159,8 +248,16 @@ def plan_file(storage: Storage, location: Location, name: str, *, job_id: int, b
         bat_offset, bat = _bat(disk, reader)
         if base is None:
             chunk = chunk_size_for(max(size, virtual_size) + 64 * MiB)
-            return FilePlan(size=size, chunk_size=chunk, reason=why_full or "no earlier backup of this file",
+            plan = FilePlan(size=size, chunk_size=chunk, reason=why_full or "no earlier backup of this file",
                             hasher=ChunkHasher(chunk), bat_offset=bat_offset, bat=bat)
+            ranges = sparse_ranges(disk, size)
+            if ranges is not None:
+                plan.sparse = True
+                plan.hasher = None  # the digests come from the ranges as they stream
+                plan.ranges = ranges
+                plan.header = DeltaHeader.sparse_full(job_id=job_id, size=size, chunk_size=chunk, ranges=ranges)
+                plan.zeros = complement_ranges(ranges, size)
+            return plan
         plan = FilePlan(size=size, chunk_size=base.hashes.chunk_size, bat_offset=bat_offset, bat=bat)
         return _Planner(plan, storage, location, name, job_id, base, tick).delta(reader, disk, rct, no_rct_reason)
     finally:
@@ -184,7 +281,9 @@ class _Planner:
         plan, base = self.plan, self.base
         is_vhdx = disk is not None and disk.layout.format is VhdFormat.VHDX
         if is_vhdx and plan.size == base.hashes.size and base.hashes.hashes:
-            ((_i, first),) = hash_file(reader.read_at, plan.size, plan.chunk_size, chunks=[0], what=self.name)
+            # As the base image holds it: zeros where a sparse full did not read the file.
+            ((_i, first),) = hash_file(zeroed_read_at(reader.read_at, base.zeros), plan.size, plan.chunk_size,
+                                       chunks=[0], what=self.name)
             plan.bytes_read += min(plan.chunk_size, plan.size)
             if first == base.hashes.hashes[0]:
                 return self.finish(DeltaMethod.UNCHANGED, [], base.hashes, base.sha256,
@@ -204,6 +303,10 @@ class _Planner:
         plan.method = method
         plan.reason = reason
         plan.ranges = ranges
+        # The image keeps zeros where the base had them and this delta writes nothing (the hash
+        # method replaces every chunk that differs from the file: the image is the file then).
+        plan.zeros = [] if method is DeltaMethod.HASH else subtract_ranges(
+            merge_ranges(base.zeros, limit=result.size), ranges)
         plan.result = result
         plan.sha256 = sha256
         plan.header = DeltaHeader(job_id=self.job_id, base_job_id=base.job_id, base_size=base.hashes.size,
@@ -268,7 +371,12 @@ class _Planner:
             dirty.update(range(min(plan.size, base.hashes.size) // chunk, -(-plan.size // chunk)))
         count = -(-plan.size // chunk)
         hashes = list(base.hashes.hashes[:count]) + [b""] * max(0, count - len(base.hashes.hashes))
-        for index, digest in hash_file(reader.read_at, plan.size, chunk, chunks=dirty, what=self.name):
+        # A touched chunk after the delta: the file's bytes where the delta writes, the base image
+        # elsewhere; that is the file itself except where the base image holds zeros the file does
+        # not (what a sparse full left out and nothing has overwritten since).
+        keep = subtract_ranges(merge_ranges(base.zeros, limit=plan.size), ranges)
+        for index, digest in hash_file(zeroed_read_at(reader.read_at, keep), plan.size, chunk, chunks=dirty,
+                                       what=self.name):
             hashes[index] = digest
             plan.bytes_read += min(chunk, plan.size - index * chunk)
             self.tick()

@@ -53,8 +53,11 @@ RCT_VERSION = (6, 2)  # the first configuration version with RCT
 LOW_SPACE = 0.10  # a CSV with less than this share free gets a warning
 _GIB = 1024**3
 
-ADMIN_RIGHTS = ("add the account to the local Administrators group of {node} (a local account also needs "
-                "LocalAccountTokenFilterPolicy=1; see docs/install.md, 'Windows side')")
+# The admin shares and root/MSCluster need a full administrator token: Hyper-V Administrators is not
+# enough, and UAC filters a local account's token over the network (hvsim.rights has the sources).
+ADMIN_RIGHTS = ("add the account to the local Administrators group of {node} (Hyper-V Administrators is not "
+                "enough for the admin shares and root/MSCluster); a local (non-domain) account also needs "
+                "LocalAccountTokenFilterPolicy=1, or use a domain account; see docs/install.md, 'Windows side'")
 
 
 @dataclass
@@ -188,8 +191,9 @@ class _Checker:
                      f"upgrade the VM's configuration version (Update-VMVersion {vm.ref.name})")
         elif _version(vm.version) < RCT_VERSION:
             self.add(WARN, "version", subject, f"configuration version {vm.version} has no resilient change "
-                                               "tracking", f"upgrade it with Update-VMVersion {vm.ref.name} "
-                                                           "(the VM must be off)")
+                                               "tracking nor reference points: backups remove their checkpoint, "
+                                               "and every incremental reads whole disks to compare digests",
+                     f"upgrade it with Update-VMVersion {vm.ref.name} (the VM must be off)")
         else:
             self.add(OK, "version", subject, f"configuration version {vm.version}, generation {int(vm.generation)}, "
                                              f"{vm.state.value} on {node}")

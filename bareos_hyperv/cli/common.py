@@ -10,19 +10,28 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
-from typing import List, Mapping, Optional
+from typing import Mapping, Optional
 
+from bareos_hyperv.agent.connections import Connections, make_connector
+from bareos_hyperv.agent.connections import connect as connect_with
 from bareos_hyperv.errors import BareosHyperVError
-from bareos_hyperv.hyperv.connection import Connector, parse_host_map
+from bareos_hyperv.hyperv.connection import Connector
 from bareos_hyperv.model.credentials import ENV_PASSWORD, ENV_USERNAME, Credentials
-from bareos_hyperv.storage.base import Storage
-from bareos_hyperv.storage.local import LocalStorage
-from bareos_hyperv.storage.locations import LocationResolver, parse_path_map, parse_share_map
-from bareos_hyperv.wsman.transport import TransportOptions
+from bareos_hyperv.model.options import (
+    ConnectionOptions,
+    DataPlane,
+    WinrmTransport,
+    parse_endpoints,
+    parse_path_map,
+    parse_share_map,
+    split_map,
+)
 
-__all__ = ["Connections", "add_connection_args", "add_data_args", "cli_advice", "connect", "connector",
-           "credentials", "format_error"]
+__all__ = ["Connections", "add_connection_args", "add_data_args", "cli_advice", "connect", "connection_options",
+           "connector", "credentials", "format_error"]
+
+# The plugin's defaults (model/options.py), so the flags default to what a job does.
+_DEFAULTS = ConnectionOptions()
 
 # plugin option -> the flag that does the same here (restore_* options: see cli/plan.py).
 OPTION_FLAGS = {
@@ -107,7 +116,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, required: bool = True,
                         f"variables {ENV_USERNAME} and {ENV_PASSWORD})")
     g.add_argument("--username", metavar="USER",
                    help=f"user name (DOMAIN\\user or user@domain); the password comes from {ENV_PASSWORD}")
-    g.add_argument("--transport", default="ntlm", choices=["ntlm", "kerberos", "credssp", "basic"],
+    g.add_argument("--transport", default=_DEFAULTS.transport.value, choices=[t.value for t in WinrmTransport],
                    help="WinRM authentication: ntlm (default, message encryption over HTTP), kerberos, "
                         "credssp, basic (HTTPS only)")
     g.add_argument("--https", action="store_true", help="use WinRM over HTTPS (port 5986) instead of encrypted HTTP")
@@ -126,7 +135,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (SMB)")
     g.add_argument("--smb-host-map", default="", metavar="NODE=ADDR[:PORT],...",
                    help="SMB endpoints of nodes whose names do not resolve (default port 445)")
-    g.add_argument("--data", default="smb", choices=["smb", "local"],
+    g.add_argument("--data", default=_DEFAULTS.data.value, choices=[d.value for d in DataPlane],
                    help="reach the files over SMB admin shares (default) or local mounts (--path-map)")
     g.add_argument("--share-map", default="", metavar="PREFIX=\\\\SERVER\\SHARE[\\PATH];...",
                    help="host path prefixes served by other shares than the admin shares")
@@ -144,50 +153,32 @@ def credentials(args: argparse.Namespace, environ: Optional[Mapping[str, str]] =
     return Credentials.from_env(env)
 
 
-def connector(args: argparse.Namespace, creds: Optional[Credentials] = None) -> Connector:
-    """The WinRM connector the flags describe (nothing is contacted yet)."""
-    options = TransportOptions(
-        transport=args.transport,
-        cert_validation=not args.no_cert_validation,
+def connection_options(args: argparse.Namespace) -> ConnectionOptions:
+    """The typed connection options the flags describe (the same object a job's agent receives).
+
+    The data flags (``--data``, maps) are optional: commands without them use the plugin's defaults.
+    """
+    data = getattr(args, "data", _DEFAULTS.data.value)
+    return ConnectionOptions(
+        transport=WinrmTransport(args.transport),
+        https=args.https,
+        port=args.port,
         ca_trust_path=args.ca_trust_path,
+        cert_validation=not args.no_cert_validation,
+        host_map=parse_endpoints(args.host_map, "host_map"),
+        data=DataPlane(data),
+        share_map=tuple(parse_share_map(split_map(getattr(args, "share_map", "")))),
+        path_map=tuple(parse_path_map(split_map(getattr(args, "path_map", "")))),
+        smb_host_map=parse_endpoints(getattr(args, "smb_host_map", ""), "smb_host_map"),
         operation_timeout=args.timeout,
     )
-    return Connector(creds or credentials(args), options, https=args.https, port=args.port,
-                     host_map=parse_host_map(args.host_map))
 
 
-def _split(value: str) -> List[str]:
-    return [p.strip() for p in value.split(";") if p.strip()]
-
-
-@dataclass
-class Connections:
-    """WinRM, the files, and how host paths map onto them (what a job's agent has)."""
-
-    connector: Connector
-    storage: Storage
-    resolver: LocationResolver
-
-    def close(self) -> None:
-        """Disconnect both planes."""
-        try:
-            self.storage.close()
-        finally:
-            self.connector.close()
+def connector(args: argparse.Namespace, creds: Optional[Credentials] = None) -> Connector:
+    """The WinRM connector the flags describe (nothing is contacted yet)."""
+    return make_connector(connection_options(args), creds or credentials(args))
 
 
 def connect(args: argparse.Namespace) -> Connections:
     """WinRM and data connections from the flags (nothing is contacted yet)."""
-    creds = credentials(args)
-    local = args.data == "local"
-    resolver = LocationResolver(parse_share_map(_split(args.share_map)), parse_path_map(_split(args.path_map)),
-                                local=local)
-    storage: Storage
-    if local:
-        storage = LocalStorage()
-    else:
-        from bareos_hyperv.storage.smb import SmbStorage  # smbprotocol only when used
-
-        endpoints = {k: (a, p or 445) for k, (a, p) in parse_host_map(args.smb_host_map).items()}
-        storage = SmbStorage.from_credentials(creds, endpoints=endpoints)
-    return Connections(connector(args, creds), storage, resolver)
+    return connect_with(connection_options(args), credentials(args))

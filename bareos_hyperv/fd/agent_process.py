@@ -2,7 +2,9 @@
 
 The agent is ``<agent_python> -m bareos_hyperv.agent --fd N`` where ``N`` is one end of a Unix
 socket pair.  ``agent_python`` defaults to the interpreter the package was installed for, derived
-from where this package lives (``sys.executable`` inside the fd is the fd binary itself).
+from where this package was imported (``sys.executable`` inside the fd is the fd binary itself) and
+checked: it must import this same package and find the agent's dependencies
+(:func:`find_agent_python`).
 
 Nothing secret goes on the command line or into the agent's environment: credentials travel
 in ``StartJob`` over the socket, and the variables that could hold a password are removed from
@@ -17,13 +19,14 @@ records it left on the socket (what its cleanup after SIGTERM did) are read and 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import threading
-from typing import IO, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
+from typing import IO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Type, TypeVar
 
 from bareos_hyperv.errors import BareosHyperVError, ConfigurationError, ProtocolError
 from bareos_hyperv.protocol.framing import Channel, ChannelClosed, ChannelTimeout
@@ -46,7 +49,11 @@ __all__ = [
     "AgentProcess",
     "RemoteError",
     "Reporter",
+    "agent_environment",
+    "agent_python_candidates",
     "default_agent_python",
+    "find_agent_python",
+    "probe_agent_python",
 ]
 
 # Environment variables that may carry a password; the agent never inherits them.
@@ -60,6 +67,11 @@ STDERR_TAIL = 2000
 # Seconds to wait for each log record an exited agent left on the socket (EOF follows at once).
 DRAIN_TIMEOUT = 1.0
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SITE_DIRS = ("site-packages", "dist-packages")
+SYSTEM_BIN = "/usr/bin"  # where the distribution's python3 lives (Debian, RHEL)
+# Top-level modules the agent imports (setup.cfg install_requires; pyspnego is "spnego").
+AGENT_DEPENDENCIES = ("winrm", "lxml", "smbprotocol", "spnego", "requests", "cryptography")
+PROBE_TIMEOUT = 30.0
 SET_AGENT_PYTHON = ("set agent_python= to the python3 of the environment where bareos-hyperv and its "
                     "dependencies are installed (e.g. agent_python=/opt/bareos-hyperv/bin/python3)")
 
@@ -101,23 +113,110 @@ def _is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def default_agent_python(package_dir: str = _PACKAGE_DIR) -> Optional[str]:
-    """The interpreter bareos-hyperv was installed for, derived from the package location.
+def agent_python_candidates(package_dir: str = _PACKAGE_DIR, *, system_bin: str = SYSTEM_BIN) -> List[str]:
+    """Interpreters that may run the agent, most likely first, derived from where the package was imported.
 
-    ``<prefix>/lib/pythonX.Y/site-packages/bareos_hyperv`` (pip, virtualenv) ->
-    ``<prefix>/bin/pythonX.Y`` or ``<prefix>/bin/python3``; Debian's
-    ``/usr/lib/python3/dist-packages`` -> ``/usr/bin/python3``; a source checkout with its
-    ``.venv`` (``make venv``) -> that virtualenv's python3.  None when nothing fits.
+    * ``<prefix>/lib/pythonX.Y/site-packages/bareos_hyperv``: a virtual environment (pip into a venv,
+      the Debian package's private ``/usr/lib/bareos-hyperv``, the RPM's ``%{_libdir}/bareos-hyperv``)
+      or a system prefix (RHEL's ``/usr/lib64/python3.9``) -> ``<prefix>/bin/pythonX.Y``, ``python3``,
+      ``python``;
+    * ``/usr/local/lib/pythonX.Y/dist-packages`` (Debian: ``pip install --break-system-packages`` as
+      root) and ``~/.local/lib/pythonX.Y/site-packages`` (``pip --user``): directories the system
+      interpreter reads, so also ``/usr/bin/pythonX.Y`` and ``/usr/bin/python3``;
+    * ``/usr/lib/python3/dist-packages`` (a Debian package of the module) -> ``/usr/bin/python3``;
+    * anything else (a source checkout, ``module_path=``) -> its ``.venv`` or ``venv``.
     """
     site = os.path.dirname(package_dir)
     candidates: List[str] = []
-    if os.path.basename(site) in ("site-packages", "dist-packages"):
-        lib = os.path.dirname(site)  # .../lib/python3.11 or .../lib/python3
+    if os.path.basename(site) in SITE_DIRS:
+        lib = os.path.dirname(site)  # .../lib/python3.11, .../lib64/python3.9 or /usr/lib/python3
+        version = os.path.basename(lib)
         prefix = os.path.dirname(os.path.dirname(lib))
-        candidates += [os.path.join(prefix, "bin", os.path.basename(lib)), os.path.join(prefix, "bin", "python3")]
+        names = [version, "python3", "python"]
+        candidates += [os.path.join(prefix, "bin", n) for n in names]
+        if os.path.normpath(prefix) != os.path.normpath(os.path.dirname(system_bin)):
+            candidates += [os.path.join(system_bin, n) for n in names[:2]]
     else:
-        candidates.append(os.path.join(site, ".venv", "bin", "python3"))
-    return next((c for c in candidates if _is_executable(c)), None)
+        candidates += [os.path.join(site, env, "bin", n) for env in (".venv", "venv") for n in ("python3", "python")]
+    return list(dict.fromkeys(candidates))
+
+
+def default_agent_python(package_dir: str = _PACKAGE_DIR, *, system_bin: str = SYSTEM_BIN) -> Optional[str]:
+    """The first executable of :func:`agent_python_candidates` (not checked further); None when none is."""
+    return next((c for c in agent_python_candidates(package_dir, system_bin=system_bin) if _is_executable(c)), None)
+
+
+def agent_environment(package_dir: str = _PACKAGE_DIR) -> Dict[str, str]:
+    """The agent's environment: the fd's, without secrets, and with the package's parent directory on
+    PYTHONPATH when it is not a site directory (source checkout, ``module_path=``), so that fd and agent
+    run the same code and speak the same protocol."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    if os.path.basename(os.path.dirname(package_dir)) not in SITE_DIRS:
+        parent = os.path.dirname(package_dir)
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = parent + (os.pathsep + old if old else "")
+    return env
+
+
+# Run by a candidate interpreter: where it finds bareos_hyperv, and which agent dependencies it lacks.
+# find_spec only looks (no import): quick, and harmless for whatever the candidate is.
+_PROBE = ("import importlib.util, json, sys\n"
+          "spec = importlib.util.find_spec('bareos_hyperv')\n"
+          "where = list(spec.submodule_search_locations or []) if spec else []\n"
+          "missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]\n"
+          "print(json.dumps({'where': where, 'missing': missing, 'version': sys.version.split()[0]}))\n")
+
+
+def probe_agent_python(python: str, package_dir: str = _PACKAGE_DIR) -> Optional[str]:
+    """Why ``python`` cannot run the agent for the package at ``package_dir`` (None: it can).
+
+    It must import ``bareos_hyperv`` from that same directory (fd and agent speak one protocol
+    version) and find every module the agent needs.
+    """
+    try:
+        done = subprocess.run([python, "-c", _PROBE, *AGENT_DEPENDENCIES], env=agent_environment(package_dir),
+                              cwd="/", stdin=subprocess.DEVNULL, capture_output=True, timeout=PROBE_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot be run: {exc}"
+    try:
+        found = json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+        where, missing = list(found["where"]), list(found["missing"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"is not a working python3 ({err[-1] if err else f'exit status {done.returncode}'})"
+    if not where:
+        return "does not find bareos_hyperv"
+    same = os.path.realpath(package_dir)
+    if all(os.path.realpath(w) != same for w in where):
+        return f"finds another bareos_hyperv, in {where[0]}"
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    return None
+
+
+def find_agent_python(package_dir: str = _PACKAGE_DIR, *, system_bin: str = SYSTEM_BIN,
+                      probe: Callable[[str, str], Optional[str]] = probe_agent_python) -> str:
+    """The interpreter that runs the agent when ``agent_python=`` is not set: the first candidate
+    (:func:`agent_python_candidates`) that imports this very package and has its dependencies.
+
+    :raises ConfigurationError: none fits; the message lists each interpreter tried and why it was passed over.
+    """
+    tried: List[str] = []
+    for candidate in agent_python_candidates(package_dir, system_bin=system_bin):
+        if not _is_executable(candidate):
+            if os.path.lexists(candidate):
+                tried.append(f"{candidate} (not executable)")
+            continue
+        problem = probe(candidate, package_dir)
+        if problem is None:
+            return candidate
+        tried.append(f"{candidate} ({problem})")
+    if not tried:
+        tried = [f"none of {', '.join(agent_python_candidates(package_dir, system_bin=system_bin))} exists"]
+    raise ConfigurationError(
+        f"cannot tell which python3 has bareos-hyperv installed: bareos_hyperv was imported from {package_dir}; "
+        f"tried {'; '.join(tried)}", what_to_do=SET_AGENT_PYTHON)
 
 
 def _describe_exit(code: Optional[int]) -> str:
@@ -140,10 +239,7 @@ class AgentProcess:
 
     def __init__(self, python: Optional[str], reporter: Reporter, *, timeout: float,
                  exit_grace: float = EXIT_GRACE, term_grace: float = TERM_GRACE) -> None:
-        chosen = python or default_agent_python()
-        if chosen is None:
-            raise ConfigurationError("cannot tell which python3 has bareos-hyperv installed",
-                                     what_to_do=SET_AGENT_PYTHON)
+        chosen = python or find_agent_python()
         if not _is_executable(chosen):
             raise ConfigurationError(f"agent_python {chosen} does not exist or is not executable",
                                      what_to_do=SET_AGENT_PYTHON)
@@ -164,14 +260,7 @@ class AgentProcess:
     # -- start -----------------------------------------------------------------------------------
 
     def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-        # Run the agent on the same code as this plugin when it is not installed in a site dir
-        # (source checkout, module_path=): fd and agent must speak the same protocol.
-        if os.path.basename(os.path.dirname(_PACKAGE_DIR)) not in ("site-packages", "dist-packages"):
-            parent = os.path.dirname(_PACKAGE_DIR)
-            old = env.get("PYTHONPATH")
-            env["PYTHONPATH"] = parent + (os.pathsep + old if old else "")
-        return env
+        return agent_environment()
 
     def start(self) -> HelloReply:
         """Spawn the agent and do the version handshake."""

@@ -36,6 +36,23 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from bareos_hyperv.errors import ConfigurationError
+from bareos_hyperv.model.backup import ConsistencyMode
+from bareos_hyperv.model.options import (
+    BackupOptions,
+    ConnectionOptions,
+    DataPlane,
+    FilesOptions,
+    JobOptions,
+    SmbMover,
+    SmbShareOptions,
+    WinrmTransport,
+    parse_endpoints,
+    parse_path_map,
+    parse_share_map,
+    split_list,
+    split_map,
+    split_names,
+)
 from bareos_hyperv.protocol.messages import (
     DiskMapping,
     MissingSwitch,
@@ -53,8 +70,15 @@ Value = Union[str, int, bool]
 TRUE_WORDS = frozenset({"yes", "on", "true", "1"})
 FALSE_WORDS = frozenset({"no", "off", "false", "0"})
 SOURCES = ("hyperv", "files", "smb")
-CONSISTENCY = ("application", "application-required", "crash")
-TRANSPORTS = ("ntlm", "kerberos", "credssp", "basic")
+CONSISTENCY = tuple(c.value for c in ConsistencyMode)
+TRANSPORTS = tuple(t.value for t in WinrmTransport)
+
+# The defaults live in the typed options the agent receives (model/options.py, model/restore.py);
+# the table below takes them from there, so a default is written in one place.
+_CONNECTION = ConnectionOptions()
+_BACKUP = BackupOptions()
+_JOB = JobOptions()
+_RESTORE = RestoreOptions()
 
 
 # Value syntaxes of string options that hold endpoints or Windows paths (see the module docstring).
@@ -73,15 +97,14 @@ class OptionSpec:
     default: Optional[Value] = None
     required_for: Tuple[str, ...] = ()
     choices: Tuple[str, ...] = ()
-    to_agent: bool = True
     help: str = ""
     syntax: str = ""  # one of ENDPOINTS, WINPATH, ...: normalised to the form the agent parses
 
 
 def make_opt(kind: type, default: Optional[Value] = None, *, required_for: Tuple[str, ...] = (),
-             choices: Tuple[str, ...] = (), to_agent: bool = True, help: str = "", syntax: str = "") -> OptionSpec:
+             choices: Tuple[str, ...] = (), help: str = "", syntax: str = "") -> OptionSpec:
     """Declare an option: ``kind`` is str, int or bool; ``required_for`` names the sources that need it."""
-    return OptionSpec(kind, default, required_for, choices, to_agent, help, syntax)
+    return OptionSpec(kind, default, required_for, choices, help, syntax)
 
 
 OPTIONS: Dict[str, OptionSpec] = {
@@ -90,29 +113,31 @@ OPTIONS: Dict[str, OptionSpec] = {
     # -- Hyper-V (source=hyperv) --
     "host": make_opt(str, required_for=("hyperv",), help="a Hyper-V host, a cluster node or the cluster name"),
     "vm": make_opt(str, required_for=("hyperv",),
-                   help="VM names or GUIDs, comma-separated; shell-style wildcards allowed"),
+                   help="VM names or GUIDs, comma-separated (\\, is a comma in a name); shell-style wildcards "
+                        "allowed, an exact name wins"),
     "exclude_vm": make_opt(str, help="VM names, GUIDs or patterns to leave out"),
     "username": make_opt(str, help="account when credentials_file= is not used (password from the environment)"),
-    "transport": make_opt(str, "ntlm", choices=TRANSPORTS, help="WinRM authentication"),
-    "https": make_opt(bool, False, help="WinRM over HTTPS (5986) instead of encrypted HTTP (5985)"),
+    "transport": make_opt(str, _CONNECTION.transport.value, choices=TRANSPORTS, help="WinRM authentication"),
+    "https": make_opt(bool, _CONNECTION.https, help="WinRM over HTTPS (5986) instead of encrypted HTTP (5985)"),
     "port": make_opt(int, help="WinRM port"),
     "ca_trust_path": make_opt(str, help="CA bundle that signs the hosts' WinRM HTTPS certificates"),
-    "cert_validation": make_opt(bool, True, help="verify WinRM HTTPS certificates"),
+    "cert_validation": make_opt(bool, _CONNECTION.cert_validation, help="verify WinRM HTTPS certificates"),
     "host_map": make_opt(str, help="NODE=address[#port],... WinRM endpoints when names do not resolve",
                          syntax=ENDPOINTS),
     "smb_host_map": make_opt(str, help="NODE=address[#port],... SMB endpoints when names do not resolve",
                              syntax=ENDPOINTS),
-    "data": make_opt(str, "smb", choices=("smb", "local"), help="read disks over SMB or from local mounts"),
+    "data": make_opt(str, _CONNECTION.data.value, choices=tuple(d.value for d in DataPlane),
+                     help="read disks over SMB or from local mounts"),
     "share_map": make_opt(str, help="HOSTPATH=//server/share;... SMB shares for host paths", syntax=SHARE_MAP),
     "path_map": make_opt(str, help="HOSTPATH=/local/dir;... local mounts for host paths (data=local)",
                          syntax=PATH_MAP),
-    "consistency": make_opt(str, "application", choices=CONSISTENCY,
+    "consistency": make_opt(str, _BACKUP.consistency.value, choices=CONSISTENCY,
                             help="application (crash fallback with a warning), application-required or crash"),
     "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)",
                              syntax=WINPATH),
-    "timeout": make_opt(int, 1800, help="seconds a Hyper-V operation (checkpoint, export) may take"),
+    "timeout": make_opt(int, _JOB.timeout, help="seconds a Hyper-V operation (checkpoint, export, waiting for a disk merge to end) may take"),
     # No default here: unset, the agent's environment (BAREOS_HYPERV_SMB_MOVER) or smbprotocol decides.
-    "smb_mover": make_opt(str, choices=("smbprotocol", "auto", "smbclient"),
+    "smb_mover": make_opt(str, choices=tuple(m.value for m in SmbMover),
                           help="who streams whole disks over SMB: smbprotocol, or Samba's smbclient when installed"),
     "paths": make_opt(str, required_for=("files",), help="comma-separated absolute local paths"),
     "smb_server": make_opt(str, required_for=("smb",), help="SMB server name (e.g. a Hyper-V node)"),
@@ -120,12 +145,12 @@ OPTIONS: Dict[str, OptionSpec] = {
     "smb_paths": make_opt(str, required_for=("smb",), help="comma-separated paths inside the share"),
     "smb_address": make_opt(str, help="connect to this address instead of resolving smb_server"),
     "smb_port": make_opt(int, help="SMB port (default 445)"),
-    "smb_encrypt": make_opt(bool, False, help="require SMB3 encryption"),
+    "smb_encrypt": make_opt(bool, _CONNECTION.smb_encrypt, help="require SMB3 encryption"),
     # Not mandatory: without it the account comes from the fd's BAREOS_HYPERV_USERNAME/_PASSWORD.
     "credentials_file": make_opt(str, help="file with username=/password= lines (mode 600)"),
-    "agent_python": make_opt(str, to_agent=False, help="python3 that has bareos-hyperv installed"),
+    "agent_python": make_opt(str, help="python3 that has bareos-hyperv installed"),
     "agent_timeout": make_opt(int, 300, help="seconds the agent may stay silent before the job fails"),
-    "agent_debug": make_opt(bool, False, help="relay the agent's debug log to the fd debug output"),
+    "agent_debug": make_opt(bool, _JOB.debug, help="relay the agent's debug log to the fd debug output"),
     # -- restore (restore_* options matter only at restore; see RestoreOptions) --
     "restore_local": make_opt(bool, help="yes: files below where= (same as restore_to=directory); "
                                          "no: into Hyper-V (same as restore_to=hyperv)"),
@@ -135,16 +160,17 @@ OPTIONS: Dict[str, OptionSpec] = {
     "restore_node": make_opt(str, help="cluster node that owns the restored VM (default: the original owner)"),
     "restore_vm_name": make_opt(str, help="name of the restored VM (default: the backed-up name)"),
     "restore_new_id": make_opt(bool, help="yes: new VM ID (a copy); no: keep it (default: keep when free)"),
-    "restore_overwrite": make_opt(bool, False, help="replace the existing VM with the same ID"),
-    "restore_force_off": make_opt(bool, False, help="turn the VM to be overwritten off if it runs"),
+    "restore_overwrite": make_opt(bool, _RESTORE.overwrite, help="replace the existing VM with the same ID"),
+    "restore_force_off": make_opt(bool, _RESTORE.force_off, help="turn the VM to be overwritten off if it runs"),
     "restore_storage": make_opt(str, help="one host folder or CSV for configuration and disks", syntax=WINPATH),
     "restore_disk_map": make_opt(str, help="DISK=FOLDER,... per disk (disk by file name, source path or slot)",
                                  syntax=DISK_MAP),
     "restore_switch_map": make_opt(str, help="OLD=NEW,... switch names at the destination"),
-    "restore_missing_switch": make_opt(str, "fail", choices=("fail", "disconnect"),
+    "restore_missing_switch": make_opt(str, _RESTORE.missing_switch.value,
+                                       choices=tuple(m.value for m in MissingSwitch),
                                        help="adapters whose switch the destination lacks: fail or disconnect"),
-    "restore_dry_run": make_opt(bool, False, help="print the restore plan and change nothing"),
-    "restore_start": make_opt(bool, False, help="start the VM after the restore"),
+    "restore_dry_run": make_opt(bool, _RESTORE.dry_run, help="print the restore plan and change nothing"),
+    "restore_start": make_opt(bool, _RESTORE.start, help="start the VM after the restore"),
     "restore_cluster_role": make_opt(bool, help="make the VM highly available (default: yes in a cluster)"),
     "restore_vm": make_opt(str, help="names or GUIDs of the VMs to restore from a multi-VM job (default: all)"),
 }
@@ -357,6 +383,13 @@ NORMALIZERS: Dict[str, Callable[[str, str], str]] = {
     PATH_MAP: lambda key, value: _host_map_entries(key, value, False),
     DISK_MAP: _disk_map,
 }
+# After normalisation, the syntaxes the agent receives typed are parsed by the model's parsers, so
+# that a value the agent could not use is refused here, with the other problems of the definition.
+TYPE_CHECKS: Dict[str, Callable[[str, str], object]] = {
+    ENDPOINTS: lambda key, value: parse_endpoints(value, key),
+    SHARE_MAP: lambda key, value: parse_share_map(split_map(value)),
+    PATH_MAP: lambda key, value: parse_path_map(split_map(value)),
+}
 SUGGESTERS: Dict[str, Callable[[str], str]] = {
     ENDPOINTS: _suggest_endpoints,
     WINPATH: _suggest_winpath,
@@ -399,7 +432,15 @@ class PluginOptions:
             raise ConfigurationError(f"option {key}={raw} is not one of {', '.join(spec.choices)}",
                                      what_to_do=f"set {key} to one of {', '.join(spec.choices)}")
         if spec.syntax:
-            return NORMALIZERS[spec.syntax](key, raw)
+            value = NORMALIZERS[spec.syntax](key, raw)
+            check = TYPE_CHECKS.get(spec.syntax)
+            if check is not None:
+                try:
+                    check(key, value)
+                except ConfigurationError as exc:
+                    named = exc.message if exc.message.startswith(key) else f"option {key}: {exc.message}"
+                    raise ConfigurationError(named, what_to_do=exc.what_to_do, context=exc.context) from None
+            return value
         return raw
 
     def _unknown(self, key: str) -> ConfigurationError:
@@ -537,15 +578,64 @@ class PluginOptions:
         """The configured source (check() makes sure it is set)."""
         return str(self.get("source"))
 
-    def for_agent(self) -> Dict[str, str]:
-        """The options the agent needs, as strings (booleans as yes/no), defaults included."""
-        out: Dict[str, str] = {}
-        for key, spec in self.specs.items():
-            value = self.get(key)
-            if value is None or not spec.to_agent:
-                continue
-            out[key] = ("yes" if value else "no") if isinstance(value, bool) else str(value)
-        return out
+    def _list(self, key: str) -> Tuple[str, ...]:
+        return split_list(self.get_str(key) or "")
+
+    def _optional_int(self, key: str) -> Optional[int]:
+        value = self.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def connection_options(self) -> ConnectionOptions:
+        """How the agent reaches the hosts and their files, typed (values were checked when added)."""
+        mover = self.get_str("smb_mover")
+        return ConnectionOptions(
+            transport=WinrmTransport(self.get_str("transport")),
+            https=self.get_bool("https"),
+            port=self._optional_int("port"),
+            ca_trust_path=self.get_str("ca_trust_path"),
+            cert_validation=self.get_bool("cert_validation"),
+            host_map=parse_endpoints(self.get_str("host_map") or "", "host_map"),
+            data=DataPlane(self.get_str("data")),
+            share_map=tuple(parse_share_map(split_map(self.get_str("share_map") or ""))),
+            path_map=tuple(parse_path_map(split_map(self.get_str("path_map") or ""))),
+            smb_host_map=parse_endpoints(self.get_str("smb_host_map") or "", "smb_host_map"),
+            smb_encrypt=self.get_bool("smb_encrypt"),
+            smb_mover=SmbMover(mover) if mover is not None else None,
+        )
+
+    def backup_options(self) -> BackupOptions:
+        """What the Hyper-V backup backs up (``source=hyperv``), typed."""
+        return BackupOptions(
+            host=self.get_str("host") or "",
+            vms=split_names(self.get_str("vm") or ""),
+            exclude=split_names(self.get_str("exclude_vm") or ""),
+            consistency=ConsistencyMode(self.get_str("consistency")),
+            staging_path=self.get_str("staging_path"),
+        )
+
+    def job_options(self) -> JobOptions:
+        """Everything the agent needs (``StartJob.options``), typed once; the problems found first.
+
+        Only the part of the configured source is filled in; fd-only options (``agent_python``,
+        ``agent_timeout``, ``username``) and the ``restore_*`` options (see :meth:`restore_options`)
+        are not part of it.
+        """
+        if self.problems:
+            raise self._combined(list(self.problems))
+        source = self.source
+        smb_port = self._optional_int("smb_port")
+        return JobOptions(
+            connection=self.connection_options(),
+            backup=self.backup_options() if source == "hyperv" else None,
+            files=FilesOptions(paths=self._list("paths")) if source == "files" else None,
+            # Paths inside the share: Windows separators, relative to the share's root.
+            smb=SmbShareOptions(server=self.get_str("smb_server") or "", share=self.get_str("smb_share") or "",
+                                paths=tuple(p.replace("/", "\\").strip("\\") for p in self._list("smb_paths")),
+                                address=self.get_str("smb_address"), port=smb_port) if source == "smb" else None,
+            timeout=self.get_int("timeout"),
+            credentials_file=self.get_str("credentials_file"),
+            debug=self.get_bool("agent_debug"),
+        )
 
     def restore_target(self, where: str) -> RestoreTarget:
         """Hyper-V when where= is empty or ``/`` unless restore_to/restore_local say otherwise."""
@@ -600,7 +690,7 @@ class PluginOptions:
             new_id=new_id if isinstance(new_id, bool) else None, overwrite=overwrite,
             force_off=self.get_bool("restore_force_off"), storage=self.get_str("restore_storage"),
             disk_map=disk_map, switch_map=switch_map,
-            missing_switch=MissingSwitch(self.get_str("restore_missing_switch") or "fail"),
+            missing_switch=MissingSwitch(self.get_str("restore_missing_switch") or _RESTORE.missing_switch.value),
             dry_run=self.get_bool("restore_dry_run"), start=self.get_bool("restore_start"),
             cluster_role=cluster_role if isinstance(cluster_role, bool) else None,
             node=self.get_str("restore_node"),

@@ -25,6 +25,7 @@ errors caused by stopping the agent are reported as information only.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -187,6 +188,10 @@ class BareosFdHyperV:
         self.jobid = int(bareosfd.GetValue(bareosfd.bVarJobId) or 0)
         self.job_name = str(bareosfd.GetValue(bareosfd.bVarJobName) or "")
         self.level = chr(int(bareosfd.GetValue(bareosfd.bVarLevel) or ord(" ")))
+        # bconsole estimate runs the job as JobId 0 (dird ua_cmds.cc EstimateCmd; filed estimate.cc,
+        # fd_plugins.cc PluginEstimate: start/end_backup_file, never plugin_io; reference §12): the
+        # agent then only says what a backup would save, changing nothing on any host.
+        self.estimating = self.jobid == 0
         self._checks_off = False
 
     # -- error handling --------------------------------------------------------------------------
@@ -230,13 +235,13 @@ class BareosFdHyperV:
         where = str(bareosfd.GetValue(bareosfd.bVarWhere) or "")
         level, since = "", 0
         batches: List[List[RestoreObject]] = []
-        if kind is JobKind.BACKUP:
+        if kind in (JobKind.BACKUP, JobKind.ESTIMATE):
             level = self.level
             since = int(bareosfd.GetValue(bareosfd.bVarSinceTime) or 0) if level in ("I", "D") else 0
             batches = _batches(self.base_objects)
         first = batches.pop(0) if batches else []
         agent.request(StartJob(kind=kind, source=self.options.source, jobid=self.jobid, job_name=self.job_name,
-                               options=self.options.for_agent(), credentials=self._credentials(), where=where,
+                               options=self.options.job_options(), credentials=self._credentials(), where=where,
                                restore=self.restore, level=level, since=since, base=first),
                       JobStarted, what="starting the job")
         for batch in batches:
@@ -281,8 +286,8 @@ class BareosFdHyperV:
             timer.daemon = True
             timer.start()
             agent.start()
-            options = self.options.for_agent()
-            options["timeout"] = str(min(self.options.get_int("timeout"), CLEANUP_TIMEOUT))
+            options = self.options.job_options()
+            options = dataclasses.replace(options, timeout=min(options.timeout, CLEANUP_TIMEOUT))
             agent.request(StartJob(kind=JobKind.CLEANUP, source=self.options.source, jobid=self.jobid,
                                    job_name=self.job_name, options=options, credentials=self._credentials(),
                                    cleanup=record), JobStarted, what="starting the cleanup")
@@ -359,7 +364,7 @@ class BareosFdHyperV:
 
     def _next_batch(self) -> bool:
         """Ask the agent for the next batch of items; False when the source is done."""
-        agent = self._ensure_agent(JobKind.BACKUP)
+        agent = self._ensure_agent(JobKind.ESTIMATE if self.estimating else JobKind.BACKUP)
         reply, _ = agent.request(ListFiles(), FileList, what="listing what to back up")
         self.in_progress = reply.cleanup
         self.files.extend(reply.files)

@@ -13,6 +13,13 @@ name a caller can set, no creation time and no link to the checkpoint it was
 converted from (``hyperv-wmi.md`` §4.3; Microsoft's class page).  Which ones this
 plugin made is therefore what the caller recorded when it made them
 (:meth:`CheckpointManager.replace_reference_points`).
+
+What a checkpoint achieved is read, not assumed: Windows Server 2016 and later can finish an
+application-consistent request crash-consistent when the guest's VSS fails, without failing the
+job (vendors report "the backup will proceed in crash-consistent mode", e.g. Altaro's
+RCTCONTROLLER_011).  The job's warnings (``GetErrorEx`` of a job that completed with warnings)
+are read when the checkpoint is made, and the reference point's ``ConsistencyLevel``
+(1 application, 2 crash; Msvm_VirtualSystemReferencePoint) when it becomes one.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class Checkpoint:
     achieved: Achieved
     frozen_disks: list[str] = field(default_factory=list)  # SASD HostResource of the snapshot settings
     warnings: list[str] = field(default_factory=list)
+    # device key (:func:`device_key`) -> the file the checkpoint froze for that virtual hard disk
+    frozen_by_device: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +94,13 @@ class ReferencePoint:
     instance_id: str
     epr: EndpointReference
     rct_ids: dict[str, str] = field(default_factory=dict)  # virtual disk identifier -> RCT id
+    consistency_level: Optional[int] = None  # ConsistencyLevel of the point (1 application, 2 crash)
+
+    @property
+    def achieved(self) -> Optional[Achieved]:
+        """What the point says it captured (None: the host did not say)."""
+        return {CONSISTENCY_APPLICATION: Achieved.APPLICATION, CONSISTENCY_CRASH: Achieved.CRASH}.get(
+            self.consistency_level or 0)
 
 
 @dataclass
@@ -95,6 +111,16 @@ class ReferencePointCleanup:
     failed: Dict[str, str] = field(default_factory=dict)  # made by this plugin, not destroyed: id -> error
     gone: List[str] = field(default_factory=list)  # recorded as this plugin's but no longer on the VM
     others: List[str] = field(default_factory=list)  # not recorded as this plugin's: never touched
+
+
+def device_key(instance_id: str) -> str:
+    """The device part of a settings object's InstanceID, the same in a VM's and its checkpoint's settings.
+
+    Hyper-V names device settings ``Microsoft:<configuration id>\\<device>...``: the live
+    configuration and each checkpoint have their own configuration id and share the rest.
+    """
+    _head, sep, tail = instance_id.partition("\\")
+    return (tail if sep else instance_id).lower()
 
 
 def _snapshot_settings(level: int) -> EmbeddedInstance:
@@ -120,7 +146,10 @@ class CheckpointManager:
         A running VM is asked for application consistency first unless ``crash`` was
         requested; when the guest cannot quiesce, ``application`` falls back to crash
         consistency with a warning and ``application-required`` fails.  A VM that is
-        off or saved is captured cold (its disks are not changing).
+        off or saved is captured cold (its disks are not changing).  A job that completed
+        with warnings (how Windows Server 2016+ reports a checkpoint that went on
+        crash-consistent) makes the checkpoint crash-consistent, or, with
+        ``application-required``, is removed and fails.
         """
         warnings: list[str] = []
         if not state.guest_active:
@@ -130,7 +159,7 @@ class CheckpointManager:
         else:
             level, achieved = CONSISTENCY_APPLICATION, Achieved.APPLICATION
         try:
-            result = self._create(vm_epr, level)
+            result, job_warnings = self._create(vm_epr, level)
         except JobFailedError as exc:
             if level != CONSISTENCY_APPLICATION:
                 raise  # a crash-consistent or cold checkpoint failed: nothing to fall back to
@@ -147,18 +176,51 @@ class CheckpointManager:
             )
             log.warning("VM %s: %s", vm_guid, warnings[-1])
             level, achieved = CONSISTENCY_CRASH, Achieved.CRASH
-            result = self._create(vm_epr, level)
+            result, job_warnings = self._create(vm_epr, level)
         snap = result
         if snap.epr is None:
             raise HyperVError("Hyper-V returned a checkpoint without its reference",
                               context={"host": self.services.node, "vm": vm_guid})
+        # Named first: should the checkpoint have to go and its removal fail, a later job knows it as ours.
+        self._name(snap, job_id)
+        if job_warnings and achieved is Achieved.APPLICATION:
+            # Completed, but with warnings: Windows Server 2016+ reports a checkpoint that went on
+            # crash-consistent this way (the guest's VSS failed).  Whatever the warning says, an
+            # application-consistent point cannot be claimed.
+            said = "; ".join(job_warnings)
+            if consistency is Consistency.APPLICATION_REQUIRED:
+                fate = ("the checkpoint was removed" if self._discard(snap.epr, vm_guid)
+                        else "the checkpoint could not be removed; the next job of this plugin removes it")
+                raise HyperVError(
+                    "Hyper-V completed the application-consistent checkpoint with warnings, so it is not "
+                    f"application-consistent; {fate}",
+                    context={"host": self.services.node, "vm": vm_guid, "hyper-v": said},
+                    what_to_do="check the Hyper-V Volume Shadow Copy Requestor (backup integration service) and "
+                    "the VSS writers in the guest, or accept a crash-consistent backup with consistency=application",
+                )
+            achieved = Achieved.CRASH
+            warnings.append(f"Hyper-V completed the application-consistent checkpoint with warnings ({said}); "
+                            "it is recorded as crash-consistent")
+        elif job_warnings:
+            warnings.append(f"Hyper-V completed the checkpoint with warnings: {'; '.join(job_warnings)}")
         checkpoint = Checkpoint(vm_guid=vm_guid, instance_id=snap.str("InstanceID"), epr=snap.epr,
                                 achieved=achieved, warnings=warnings)
-        self._name(snap, job_id)
-        checkpoint.frozen_disks = self.disk_paths(snap.epr)
+        frozen = self.disk_settings(snap.epr)
+        checkpoint.frozen_disks = [path for _key, path in frozen]
+        checkpoint.frozen_by_device = dict(frozen)
         return checkpoint
 
-    def _create(self, vm_epr: EndpointReference, level: int) -> CimInstance:
+    def _discard(self, snapshot_epr: EndpointReference, vm_guid: str) -> bool:
+        """Destroy a checkpoint the job will not use; False when that failed (it is named: a later job removes it)."""
+        try:
+            self.destroy(snapshot_epr)
+        except BareosHyperVError as exc:
+            log.error("VM %s: could not remove the checkpoint that will not be used: %s", vm_guid, exc)
+            return False
+        return True
+
+    def _create(self, vm_epr: EndpointReference, level: int) -> tuple[CimInstance, List[str]]:
+        """CreateSnapshot; the checkpoint and the warnings of its job (none when it completed cleanly)."""
         result = self.jobs.call(
             self.services.snapshots, "CreateSnapshot",
             [("AffectedSystem", vm_epr), ("SnapshotSettings", _snapshot_settings(level)),
@@ -170,7 +232,13 @@ class CheckpointManager:
             raise HyperVError("CreateSnapshot finished but no checkpoint can be found",
                               context={"host": self.services.node, "job": result.job_id},
                               what_to_do="look for a recovery checkpoint on the VM and remove it; retry")
-        return found[0]
+        warnings: List[str] = []
+        if result.warning and result.job_ref is not None:
+            warnings = [str(e) for e in self.jobs.errors(result.job_ref, "CreateSnapshot")]
+            if not warnings:  # GetErrorEx said nothing: the state itself is the warning
+                warnings = [(result.job.opt_str("ErrorDescription") if result.job is not None else None)
+                            or "the job completed with warnings"]
+        return found[0], warnings
 
     def _name(self, snap: CimInstance, job_id: int) -> None:
         """Rename the checkpoint so that a later job can recognise it as ours."""
@@ -182,14 +250,18 @@ class CheckpointManager:
 
     def disk_paths(self, settings_epr: EndpointReference) -> list[str]:
         """Files of the virtual hard disks of a settings object (checkpoint or live VM)."""
+        return [path for _key, path in self.disk_settings(settings_epr)]
+
+    def disk_settings(self, settings_epr: EndpointReference) -> list[tuple[str, str]]:
+        """(device key, file) of each virtual hard disk of a settings object, in Hyper-V's order."""
         devices = self.client.associators(settings_epr, assoc_class=C.VSSD_COMPONENT, result_class=C.SASD)
-        paths = []
+        out = []
         for dev in devices:
             if (dev.opt_str("ResourceSubType") or "") == C.SubType.VIRTUAL_HARD_DISK:
                 hosts = dev.strs("HostResource")
                 if hosts:
-                    paths.append(hosts[0])
-        return paths
+                    out.append((device_key(dev.opt_str("InstanceID") or ""), hosts[0]))
+        return out
 
     def list_ours(self, vm_epr: EndpointReference) -> list[CimInstance]:
         """Recovery checkpoints of the VM that this plugin created (by name)."""
@@ -223,7 +295,8 @@ class CheckpointManager:
                               context={"host": self.services.node, "vm": checkpoint.vm_guid})
         disks = rp.strs("VirtualDiskIdentifiers")
         rcts = rp.strs("ResilientChangeTrackingIdentifiers")
-        return ReferencePoint(instance_id=rp.str("InstanceID"), epr=rp.epr, rct_ids=dict(zip(disks, rcts)))
+        return ReferencePoint(instance_id=rp.str("InstanceID"), epr=rp.epr, rct_ids=dict(zip(disks, rcts)),
+                              consistency_level=rp.opt_int("ConsistencyLevel"))
 
     def reference_points(self, vm_epr: EndpointReference) -> list[CimInstance]:
         """Reference points of the VM."""

@@ -95,7 +95,9 @@ def cluster_of(client: CimClient) -> Optional[CimInstance]:
             context={"host": client.host, "fault": exc.subcode or exc.code, "wsman_code": exc.wsman_code,
                      "wmi_error": exc.wmi_error.summary() if exc.wmi_error else None},
             what_to_do="use an account that is a local Administrator on every cluster node (failover cluster "
-            "WMI requires it) and may use WinRM there",
+            "WMI requires it; Hyper-V Administrators is not enough); a local (non-domain) account also needs "
+            "LocalAccountTokenFilterPolicy=1 on each node, else UAC strips its administrator rights over the "
+            "network: use a domain account or set it",
         ) from exc
     except QuotaLimitFault:
         raise

@@ -11,43 +11,15 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from bareos_hyperv.errors import ConfigurationError
 from bareos_hyperv.model.credentials import Credentials
+from bareos_hyperv.model.options import parse_host_map  # re-exported: the parser is pure, the fd uses it too
 from bareos_hyperv.wsman.client import CimClient
 from bareos_hyperv.wsman.transport import Endpoint, TransportOptions
 
+__all__ = ["DEFAULT_HTTPS_PORT", "DEFAULT_HTTP_PORT", "Connector", "parse_host_map"]
+
 DEFAULT_HTTP_PORT = 5985
 DEFAULT_HTTPS_PORT = 5986
-
-
-def parse_host_map(text: str) -> dict[str, tuple[str, Optional[int]]]:
-    """Parse ``NODE=address[:port],NODE2=address2[:port]`` (the ``host_map`` option).
-
-    Names are case-insensitive.  Raises ConfigurationError naming the bad entry.
-    """
-    result: dict[str, tuple[str, Optional[int]]] = {}
-    for raw in text.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        name, eq, target = entry.partition("=")
-        if not eq or not name.strip() or not target.strip():
-            raise ConfigurationError(
-                f"host_map entry '{entry}' is not NODE=address[:port]",
-                what_to_do="write host_map as NODE=address[:port] pairs separated by commas",
-            )
-        address, colon, port_text = target.strip().rpartition(":")
-        if not colon:
-            address, port = target.strip(), None
-        else:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ConfigurationError(
-                    f"host_map entry '{entry}' has an invalid port '{port_text}'",
-                    what_to_do="give a TCP port between 1 and 65535 after the colon",
-                )
-            port = int(port_text)
-        result[name.strip().upper()] = (address, port)
-    return result
 
 
 class Connector:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+import logging
+from typing import Callable, Optional
 
-from bareos_hyperv.errors import HyperVError
-from bareos_hyperv.hyperv.jobs import JobFollower
+from bareos_hyperv.errors import BareosHyperVError, HyperVError
+from bareos_hyperv.hyperv.jobs import JobError, JobFollower
 from bareos_hyperv.hyperv.services import HostServices
 from bareos_hyperv.model.disk import DiskFormat, DiskType, VirtualDiskInfo
 from bareos_hyperv.wsman.cim import CimInstance
 
 MAX_CHAIN = 64  # a longer parent chain is a loop or damage, not a real checkpoint tree
+
+#: ``child host path -> parent host path``, searched where the child's own header says
+#: (``backup.chains.parent_finder``); raises, naming every path tried, when nothing is the parent.
+ParentFinder = Callable[[str], str]
+
+log = logging.getLogger("bareos_hyperv.hyperv.images")
 
 
 class ImageService:
@@ -32,8 +40,15 @@ class ImageService:
                               what_to_do="check that the file exists and is a VHD or VHDX")
         return _disk_info(path, data)
 
-    def chain(self, path: str) -> list[VirtualDiskInfo]:
-        """The disk and its parents, leaf first; refuses loops."""
+    def chain(self, path: str, *, find_parent: Optional[ParentFinder] = None) -> list[VirtualDiskInfo]:
+        """The disk and its parents, leaf first; refuses loops.
+
+        When the parent path Hyper-V reports for a differencing disk cannot be read (the path
+        written in the child is stale: files moved or copied by hand), ``find_parent(child path)``
+        looks where the child's header says (relative locator, the parent's name next to the
+        child); the child's recorded parent then becomes the path found, with a warning.  Its
+        error, when nothing is the parent, names every path tried, Hyper-V's first.
+        """
         chain: list[VirtualDiskInfo] = []
         seen: set[str] = set()
         current: Optional[str] = path
@@ -44,10 +59,37 @@ class ImageService:
                                   context={"host": self.services.node, "path": path, "at": current},
                                   what_to_do="repair the chain on the host (Inspect-VHD / Set-VHD -ParentPath)")
             seen.add(key)
-            info = self.info(current)
+            try:
+                info = self.info(current)
+            except JobError as exc:
+                if not chain or find_parent is None:
+                    raise
+                child = chain[-1]
+                found = self._find_parent(find_parent, child.path, current, exc)
+                log.warning("%s: Hyper-V names its parent %s, which cannot be read (%s); the parent was found at %s",
+                            child.path, current, exc.message, found)
+                chain[-1] = dataclasses.replace(child, parent_path=found)
+                key = found.lower()
+                if key in seen:
+                    raise HyperVError("the disk's parent chain loops", context={
+                        "host": self.services.node, "path": path, "at": found}) from exc
+                seen.add(key)
+                info = self.info(found)
             chain.append(info)
             current = info.parent_path
         return chain
+
+    def _find_parent(self, find_parent: ParentFinder, child: str, reported: str, exc: JobError) -> str:
+        try:
+            return find_parent(child)
+        except BareosHyperVError as err:
+            raise HyperVError(
+                f"the parent of the differencing disk {child} was not found: Hyper-V names {reported} "
+                f"({exc.message}), and {err.message}",
+                context={"host": self.services.node, "disk": child},
+                what_to_do="put the parent next to the child under the name it had, or reconnect the chain on "
+                           "the host (Set-VHD -ParentPath, or Edit Disk > Reconnect in Hyper-V Manager)",
+            ) from err
 
     def changed_ranges(self, path: str, limit_id: str, virtual_size: int) -> list[tuple[int, int]]:
         """Virtual byte ranges changed since the RCT id ``limit_id`` (``GetVirtualDiskChanges``).

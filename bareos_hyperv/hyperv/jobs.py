@@ -486,6 +486,10 @@ class JobFollower:
             errors=self._errors(job_ref, method),
         )
 
+    def errors(self, job_ref: EndpointReference, method: str) -> List[JobErrorDetail]:
+        """The errors and warnings (``GetErrorEx``) of a job, e.g. one that completed with warnings; best effort."""
+        return self._errors(job_ref, method)
+
     def _errors(self, job_ref: EndpointReference, method: str) -> List[JobErrorDetail]:
         """``GetErrorEx`` of a failed job; best effort (older job classes lack it)."""
         try:

@@ -9,9 +9,12 @@ the manifest; :func:`normalise` builds the typed view.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
+import time
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from bareos_hyperv.errors import HyperVError
 from bareos_hyperv.hyperv import constants as C
@@ -30,6 +33,15 @@ from bareos_hyperv.model.vm import (
 )
 from bareos_hyperv.wsman.cim import CimInstance, EndpointReference
 from bareos_hyperv.wsman.client import CimClient
+
+log = logging.getLogger("bareos_hyperv.hyperv.vms")
+
+# Msvm_ComputerSystem.OperationalStatus[1] while a checkpoint's disks are deleted or merged
+# (Microsoft's Msvm_ComputerSystem page; hyperv-wmi.md 2.1): 32770 Deleting Snapshot, 32772
+# Merging Disks.  A merge outlives the DestroySnapshot / ConvertToReferencePoint job that started it.
+MERGE_STATUSES = {32770: "deleting a checkpoint", 32772: "merging disks"}
+MERGE_POLL_FIRST = 0.5  # seconds between looks, doubled up to MERGE_POLL_MAX
+MERGE_POLL_MAX = 10.0
 
 _GUID = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
 
@@ -79,34 +91,81 @@ def list_vms(client: CimClient) -> list[VmSummary]:
     return result
 
 
+def merge_in_progress(client: CimClient, vm: VmSummary) -> Optional[str]:
+    """What the host says it is doing to the VM's disks ("merging disks"), or None when nothing."""
+    inst = client.get(vm.epr)
+    for code in inst.ints("OperationalStatus")[1:]:
+        if code in MERGE_STATUSES:
+            return MERGE_STATUSES[code]
+    return None
+
+
+def wait_for_merges(client: CimClient, vm: VmSummary, *, timeout: float,
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait, at most ``timeout`` seconds, until no merge of the VM's disks is running; seconds waited.
+
+    The files of a disk chain change while Hyper-V merges a deleted checkpoint's ``.avhdx`` into
+    its parent (the ``.avhdx`` disappears when the merge ends), so neither the chain nor a new
+    checkpoint can be taken before.  Says once in the job log that it waits.
+
+    :raises HyperVError: the merge is still running after ``timeout`` seconds (names the VM).
+    """
+    started = clock()
+    doing = merge_in_progress(client, vm)
+    if doing is None:
+        return 0.0
+    log.info("%s: Hyper-V is %s on %s; waiting for it to finish (at most %g s) before the checkpoint",
+             vm.ref.name, doing, client.host, timeout)
+    interval = MERGE_POLL_FIRST
+    while doing is not None:
+        left = started + timeout - clock()
+        if left <= 0:
+            raise HyperVError(
+                f"Hyper-V is still {doing} of the VM after {timeout:g} seconds",
+                context={"vm": str(vm.ref), "host": client.host},
+                what_to_do="let the merge finish (Hyper-V Manager shows its progress on the VM) and run the job "
+                "again, or raise timeout=",
+            )
+        sleep(min(interval, left))
+        interval = min(interval * 2, MERGE_POLL_MAX)
+        doing = merge_in_progress(client, vm)
+    waited = clock() - started
+    log.info("%s: the merge on %s finished after %.1f s", vm.ref.name, client.host, waited)
+    return waited
+
+
 def is_guid(text: str) -> bool:
     """Whether the text is a VM GUID (with or without braces)."""
     return bool(_GUID.match(text.strip()))
+
+
+PATTERN_CHARACTERS = "*?["
 
 
 def select_vms(vms: Sequence[VmSummary], wanted: Iterable[str], excluded: Iterable[str] = (),
                *, where: str = "") -> list[VmSummary]:
     """Resolve the ``vm=`` and ``exclude_vm=`` options against the VMs found.
 
-    Each wanted item is a GUID, an exact name, or a shell-style pattern.  An exact
-    name held by several VMs is refused (names are not unique in Hyper-V: the user
-    must give the GUID).  A name or GUID that matches nothing is an error; a
-    pattern that matches nothing is an error too, so a typo never silently backs up
-    nothing.  The result keeps the order of ``vms`` and holds each VM once.
+    Each wanted item is a GUID, an exact name, or a shell-style pattern.  An exact name wins
+    over a pattern: a VM named ``web[1]`` or ``test*`` is selected by its name, and the
+    item is read as a pattern only when no VM has that name (names compare case-insensitively,
+    after Unicode NFC).  An exact name held by several VMs is refused (names are not unique in
+    Hyper-V: the user must give the GUID).  A name or GUID that matches nothing is an error; a
+    pattern that matches nothing is an error too, so a typo never silently backs up nothing.
+    The result keeps the order of ``vms`` and holds each VM once.
     """
+    items = [w.strip() for w in wanted if w.strip()]
     chosen: dict[str, VmSummary] = {}
-    for item in (w.strip() for w in wanted):
-        if not item:
-            continue
-        matches = _match(vms, item)
+    for position, item in enumerate(items):
+        matches, how = _match(vms, item)
         if not matches:
             raise VmNotFound(
                 f"no VM matches '{item}'",
                 context={"host": where} if where else None,
-                what_to_do="check the vm= option: names are case-insensitive, patterns use * and ?; "
-                "`bareos-hyperv list` shows the VMs the plugin can see",
+                what_to_do=_not_found_advice(vms, items, position),
             )
-        if not _is_pattern(item) and not is_guid(item) and len(matches) > 1:
+        if how == "name" and len(matches) > 1:
             guids = ", ".join(m.ref.guid for m in matches)
             raise AmbiguousVmName(
                 f"{len(matches)} VMs are named '{item}'",
@@ -117,24 +176,56 @@ def select_vms(vms: Sequence[VmSummary], wanted: Iterable[str], excluded: Iterab
             chosen.setdefault(m.ref.guid, m)
     for item in (e.strip() for e in excluded):
         if item:
-            for m in _match(vms, item):
+            for m in _match(vms, item)[0]:
                 chosen.pop(m.ref.guid, None)
     return [v for v in vms if v.ref.guid in chosen]
 
 
 def _is_pattern(item: str) -> bool:
-    return any(ch in item for ch in "*?[")
+    return any(ch in item for ch in PATTERN_CHARACTERS)
 
 
-def _match(vms: Sequence[VmSummary], item: str) -> list[VmSummary]:
+def _fold(name: str) -> str:
+    # Names typed on Linux are NFC; Windows keeps whatever form the VM was named with.
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _match(vms: Sequence[VmSummary], item: str) -> tuple[list[VmSummary], str]:
+    """The VMs an item names and how it named them: ``guid``, ``name`` or ``pattern``."""
     if is_guid(item):
         guid = item.strip("{}").upper()
-        return [v for v in vms if v.ref.guid == guid]
+        return [v for v in vms if v.ref.guid == guid], "guid"
+    low = _fold(item)
+    exact = [v for v in vms if _fold(v.ref.name) == low]
+    if exact or not _is_pattern(item):
+        return exact, "name"
+    return [v for v in vms if fnmatch.fnmatchcase(_fold(v.ref.name), low)], "pattern"
+
+
+def _not_found_advice(vms: Sequence[VmSummary], items: Sequence[str], position: int) -> str:
+    """What to do about an item of vm= that names no VM (the pattern characters, the comma, the GUID)."""
+    item = items[position]
+    advice = []
+    for first, last in ((position - 1, position), (position, position + 1)):
+        if first < 0 or last >= len(items):
+            continue
+        # The items were stripped, so blanks after the comma of a name are compared away.
+        joined = _fold(f"{items[first]},{items[last]}")
+        found = [v for v in vms if re.sub(r"\s*,\s*", ",", _fold(v.ref.name)) == joined]
+        if found:
+            vm = found[0].ref
+            advice.append(f"'{items[first]}' and '{items[last]}' together are the name of the VM '{vm.name}' "
+                          f"({vm.guid}): a comma inside a name is written \\, (\\\\, in bareos-dir.conf "
+                          "and bconsole)")
+            break
+    advice.append("check the vm= option: names are compared case-insensitively and a VM whose name is the "
+                  "whole item is always chosen first")
     if _is_pattern(item):
-        pat = item.lower()
-        return [v for v in vms if fnmatch.fnmatchcase(v.ref.name.lower(), pat)]
-    low = item.lower()
-    return [v for v in vms if v.ref.name.lower() == low]
+        advice.append("no VM has this exact name, so it was read as a pattern, in which * is any text, ? one "
+                      "character and [...] one of the characters inside the brackets (write [[] for a literal [)")
+    advice.append("a VM's GUID selects it whatever its name holds (`bareos-hyperv list` shows the names and "
+                  "GUIDs the plugin can see)")
+    return "; ".join(advice)
 
 
 def read_settings(client: CimClient, vm: VmSummary) -> VmSettings:

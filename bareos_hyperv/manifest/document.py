@@ -81,7 +81,7 @@ from bareos_hyperv.model.vm import (
 
 NAMESPACE_PREFIX = "urn:bareos-hyperv:manifest:"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2  # 1.2: disks/disk/file/@x:sha256In, backup/@x:noReferencePoint
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 NAMESPACE = f"{NAMESPACE_PREFIX}{SCHEMA_MAJOR}"
 EXTENSION_NAMESPACE = f"{NAMESPACE}:ext"  # where minor versions put what they add
@@ -238,7 +238,7 @@ def _sub(parent: etree._Element, tag: str, text: object = None, **attributes: ob
 
 
 def _x(name: str) -> str:
-    """An attribute or element name in the extension namespace (what minor version 1.1 added)."""
+    """An attribute or element name in the extension namespace (what minor versions 1.1 and later added)."""
     return f"{{{EXTENSION_NAMESPACE}}}{name}"
 
 
@@ -271,12 +271,13 @@ def _write_backup(root: etree._Element, backup: BackupFacts) -> None:
         jobId=backup.job_id,
         time=_utc_text(backup.time, "backup time"),
     )
-    _sub(
+    consistency = _sub(
         element,
         "consistency",
         requested=backup.consistency_requested.value,
         achieved=backup.consistency_achieved.value,
     )
+    _set(consistency, _x("source"), backup.consistency_source)
     _sub(element, "pluginVersion", backup.plugin_version)
     if backup.checkpoint_id is not None:
         _sub(element, "checkpointId", backup.checkpoint_id)
@@ -284,6 +285,7 @@ def _write_backup(root: etree._Element, backup: BackupFacts) -> None:
     _set(element, _x("nextFileIndex"), backup.next_file_index)
     if backup.since is not None:
         _set(element, _x("since"), _utc_text(backup.since, "since time"))
+    _set(element, _x("noReferencePoint"), backup.no_reference_point)
     _write_reference_point(element, "referencePoint", backup.reference_point)
     _write_reference_point(element, "previousReferencePoint", backup.previous_reference_point)
     parts = _sub(element, "parts")
@@ -382,6 +384,7 @@ def _write_disks(root: etree._Element, disks: List[DiskBackup]) -> None:
             )
             _set(written, _x("imageDigest"), file.image_digest)
             _set(written, _x("chunkSize"), file.chunk_size)
+            _set(written, _x("sha256In"), file.sha256_in)
         # Extensions come after the element's own children (the schema's wildcard).
         for file in disk.chain:
             if not file.chain:
@@ -706,10 +709,12 @@ class _Reader:
             consistency_achieved=self.enum_of(
                 consistency, self.attr(consistency, "achieved"), Consistency, "achieved consistency"
             ),
+            consistency_source=self.opt_attr(consistency, _x("source")),
             plugin_version=self.text(element, "pluginVersion"),
             checkpoint_id=self.opt_text(element, "checkpointId"),
             reference_point=self.reference_point(self.opt(element, "referencePoint")),
             previous_reference_point=self.reference_point(self.opt(element, "previousReferencePoint")),
+            no_reference_point=self.opt_attr(element, _x("noReferencePoint")),
             parts=[self.part(p) for p in self.each(element, "parts", "part")],
             warnings=[w.text or "" for w in self.each(element, "warnings", "warning")],
             base_job_id=self.opt_int_attr(element, _x("baseJobId")),
@@ -828,6 +833,7 @@ class _Reader:
             sha256=self.opt_attr(element, "sha256"),
             image_digest=self.opt_digest(element, _x("imageDigest")),
             chunk_size=self.opt_int_attr(element, _x("chunkSize")),
+            sha256_in=self.opt_attr(element, _x("sha256In")),
         )
 
     def host(self, element: etree._Element) -> HostFacts:

@@ -47,6 +47,9 @@ MANIFEST_OBJECT = "manifest.object.xml"
 CONFIG_DIR = "config"
 DISKS_DIR = "disks"
 DELTA_MARKER = "+I+"
+# A sparse full (docs/delta-format.md): the full image of a dynamic or differencing disk file as
+# the ranges its tables reference; a restore writes it to ``disks/<n>-<file>`` (never as it is).
+SPARSE_MARKER = "+S"
 GUID_SEPARATOR = "~"
 INDEX_SEPARATOR = "-"
 
@@ -54,7 +57,7 @@ INDEX_SEPARATOR = "-"
 _RESERVED = frozenset("%/\\+~")
 _GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
-_DISK = re.compile(r"^(0|[1-9][0-9]*)-(.+?)(?:\+I\+([1-9][0-9]*))?$", re.DOTALL)
+_DISK = re.compile(r"^(0|[1-9][0-9]*)-(.+?)(?:\+I\+([1-9][0-9]*)|(\+S))?$", re.DOTALL)
 _ADVICE = "this path was not written by bareos-hyperv; select the files of the VM's @hyperv tree"
 
 
@@ -65,6 +68,7 @@ class EntryKind(enum.Enum):
     CONFIG = "config"
     DISK = "disk"
     DELTA = "delta"
+    SPARSE = "sparse"  # the full image of a disk file as a sparse full (restored to the DISK name)
 
 
 def escape_component(text: str) -> str:
@@ -201,6 +205,13 @@ class SaveSetPath:
         return cls(scope, vm_name, EntryKind.DISK, vm_guid, name=file_name, index=index).checked()
 
     @classmethod
+    def sparse(
+        cls, scope: str, vm_name: str, index: int, file_name: str, *, vm_guid: Optional[str] = None
+    ) -> SaveSetPath:
+        """The full image of disk file ``index`` saved as a sparse full."""
+        return cls(scope, vm_name, EntryKind.SPARSE, vm_guid, name=file_name, index=index).checked()
+
+    @classmethod
     def delta(
         cls, scope: str, vm_name: str, index: int, file_name: str, *, job_id: int, vm_guid: Optional[str] = None
     ) -> SaveSetPath:
@@ -217,7 +228,8 @@ class SaveSetPath:
             problem = "the scope (cluster or host name) is empty"
         elif self.kind is not EntryKind.MANIFEST and not self.name:
             problem = f"a {self.kind.value} path needs a file name"
-        elif self.kind in (EntryKind.DISK, EntryKind.DELTA) and (self.index is None or self.index < 0):
+        elif self.kind in (EntryKind.DISK, EntryKind.DELTA, EntryKind.SPARSE) and (
+                self.index is None or self.index < 0):
             problem = f"a {self.kind.value} path needs a disk file number >= 0"
         elif (self.kind is EntryKind.DELTA) != (self.job_id is not None):
             problem = "a job id belongs to delta paths, and every delta path has one"
@@ -249,6 +261,8 @@ class SaveSetPath:
         if self.kind is EntryKind.CONFIG:
             return f"{CONFIG_DIR}/{name}"
         base = f"{DISKS_DIR}/{self.index}{INDEX_SEPARATOR}{name}"
+        if self.kind is EntryKind.SPARSE:
+            return f"{base}{SPARSE_MARKER}"
         return base if self.kind is EntryKind.DISK else f"{base}{DELTA_MARKER}{self.job_id}"
 
     @property
@@ -288,12 +302,12 @@ def parse_path(path: str) -> SaveSetPath:
     if len(rest) == 2 and rest[0] == DISKS_DIR:
         match = _DISK.match(rest[1])
         if match is None:
-            raise bad(f"has disk entry {rest[1]!r}, expected <n>-<file> or <n>-<file>+I+<jobid>")
-        index, name, job = match.groups()
+            raise bad(f"has disk entry {rest[1]!r}, expected <n>-<file>, <n>-<file>+S or <n>-<file>+I+<jobid>")
+        index, name, job, sparse = match.groups()
         return SaveSetPath(
             scope,
             vm_name,
-            EntryKind.DISK if job is None else EntryKind.DELTA,
+            EntryKind.SPARSE if sparse else EntryKind.DISK if job is None else EntryKind.DELTA,
             guid,
             name=unescape_component(name, path=path),
             index=int(index),

@@ -51,6 +51,10 @@ class Consistency(enum.Enum):
     COLD = "cold"  # the VM was off or saved: its disks were not changing, so the copy is whole
 
 
+CONSISTENCY_FROM_JOB = "checkpoint-job"
+CONSISTENCY_FROM_REFERENCE_POINT = "reference-point"
+
+
 class PartKind(enum.Enum):
     """What a save-set file of a VM holds (the manifest itself is not listed in itself)."""
 
@@ -116,6 +120,8 @@ class DiskFile:
     the file's image digest (``storage.delta.ImageHashes``), known for every saved file; ``chain``
     lists the parts a restore applies in order to rebuild the file: the full image first, then
     each delta (empty in manifests of older versions, where the full image is this job's part).
+    ``sha256_in`` names the save-set file that holds the digest when the manifest cannot (the
+    streamed manifest of a full copy, written before the bytes go through: ``SHA256SUMS``).
     """
 
     index: int
@@ -125,6 +131,7 @@ class DiskFile:
     image_digest: Optional[str] = None
     chunk_size: Optional[int] = None
     chain: tuple[ChainPart, ...] = ()
+    sha256_in: Optional[str] = None
 
 
 @dataclass
@@ -204,9 +211,17 @@ class BackupFacts:
     consistency_requested: ConsistencyMode
     consistency_achieved: Consistency
     plugin_version: str
+    # where consistency_achieved comes from: CONSISTENCY_FROM_JOB (the checkpoint's job: failed and
+    # fell back, warned, or completed cleanly; what the streamed manifest.xml can know) or
+    # CONSISTENCY_FROM_REFERENCE_POINT (the ConsistencyLevel Hyper-V recorded on the reference point
+    # the checkpoint became; the final manifest).  None in manifests before version 1.2.
+    consistency_source: Optional[str] = None
     checkpoint_id: Optional[str] = None
     reference_point: Optional[ReferencePoint] = None
     previous_reference_point: Optional[ReferencePoint] = None
+    # why the checkpoint did not become a reference point (the VM's configuration version has no
+    # reference points nor RCT, e.g. 5.0): the next incremental compares digests.  None: it did.
+    no_reference_point: Optional[str] = None
     parts: list[SaveSetPart] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     base_job_id: Optional[int] = None

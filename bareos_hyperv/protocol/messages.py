@@ -44,9 +44,10 @@ import dataclasses
 import enum
 import sys
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, TypeVar, Union, get_type_hints
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, get_type_hints
 
 from bareos_hyperv.errors import BareosHyperVError, ProtocolError
+from bareos_hyperv.model.options import JobOptions
 from bareos_hyperv.model.restore import (
     DiskMapping,
     MissingSwitch,
@@ -76,6 +77,7 @@ __all__ = [
     "HelloReply",
     "JobDone",
     "JobKind",
+    "JobOptions",
     "JobStarted",
     "ListFiles",
     "LogLevel",
@@ -110,6 +112,8 @@ class JobKind(str, enum.Enum):
     BACKUP = "backup"
     RESTORE = "restore"
     CLEANUP = "cleanup"  # undo what a dead agent left (see CleanupRecord)
+    # bconsole estimate (JobId 0): list the items a backup would produce, changing nothing on any host
+    ESTIMATE = "estimate"
 
 
 class LogLevel(str, enum.Enum):
@@ -216,14 +220,18 @@ class RestoreObject:
 
 @dataclass(frozen=True)
 class StartJob(Message):
-    """The job: kind, the source (producer) and its options, credentials if any."""
+    """The job: kind, the source (producer) and its options, credentials if any.
+
+    ``options`` are the plugin options the fd parsed and typed (:class:`JobOptions`, nested
+    dataclasses on the wire); the agent never parses option strings.
+    """
 
     TYPE: ClassVar[str] = "start_job"
     kind: JobKind
     source: str
     jobid: int
     job_name: str
-    options: Dict[str, str]
+    options: JobOptions = field(default_factory=JobOptions)
     credentials: Optional[WireCredentials] = None
     where: str = ""
     cleanup: Optional[CleanupRecord] = None  # JobKind.CLEANUP: what to undo
@@ -237,7 +245,7 @@ class StartJob(Message):
     def __repr__(self) -> str:
         return (f"StartJob(kind={self.kind.value}, source={self.source!r}, jobid={self.jobid}, "
                 f"level={self.level!r}, since={self.since}, base={len(self.base)} object(s), "
-                f"options={sorted(self.options)}, credentials={self.credentials!r})")
+                f"options={self.options!r}, credentials={self.credentials!r})")
 
 
 @dataclass(frozen=True)
@@ -501,6 +509,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise _bad(where, "a list", value)
         return [_convert(tp.__args__[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        # Only the homogeneous Tuple[X, ...] of the model's option classes is carried.
+        if not isinstance(value, list):
+            raise _bad(where, "a list", value)
+        return tuple(_convert(tp.__args__[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)

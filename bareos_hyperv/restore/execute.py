@@ -38,7 +38,7 @@ from bareos_hyperv.hyperv import cluster as clusterops
 from bareos_hyperv.hyperv.connection import Connector
 from bareos_hyperv.hyperv.importer import DefinitionImportRefused, PlannedVm, VmImporter
 from bareos_hyperv.manifest.document import Manifest, from_xml
-from bareos_hyperv.manifest.layout import MANIFEST_FILE, MANIFEST_OBJECT
+from bareos_hyperv.manifest.layout import MANIFEST_FILE, MANIFEST_OBJECT, SPARSE_MARKER
 from bareos_hyperv.model.backup import ChainPart, DiskFile, PartKind, SaveSetPart
 from bareos_hyperv.model.restore import RestoreOptions
 from bareos_hyperv.model.vm import DriveSlot, PowerState, VmRef
@@ -355,13 +355,25 @@ class HyperVRestore:
             if part.kind is PartKind.CONFIG:
                 vm.staging_created = True
             self.storage.delete(temp, missing_ok=True)  # left by a killed agent of this same job
-            writer = self.storage.create(temp)
+            writer: FileWriter = self.storage.create(temp)
+            sparse = part.kind is PartKind.DISK and relative.endswith(SPARSE_MARKER)
+            if sparse:
+                writer.close()  # an empty file: the sparse full is applied to it in place
         except BareosHyperVError as exc:
             self._fail(vm, f"cannot write {relative}: {exc}")
             raise
         record = _Written(temp=temp, final=final, final_path=final_path, renamed=temp_path == final_path,
                           temp_path=temp_path)
         vm.written.append(record)
+        if sparse:
+            # Set to its final length (a hole where the volume allows), the referenced ranges
+            # written, the image digest checked while writing: nothing is read back.
+            try:
+                updater = self.storage.open_update(temp)
+            except BareosHyperVError as exc:
+                self._fail(vm, f"cannot write {relative}: {exc}")
+                raise
+            writer = _DeltaWriter(self, vm, updater, DeltaApplier(updater, name=relative))
         if part.kind is PartKind.DISK and part.file_index is not None:
             file = self._disk_file(vm, part.file_index)
             vm.images[part.file_index] = _Image(record=record, file=file, chain=file.chain)

@@ -9,6 +9,12 @@ prefix, the chunk size, ``N`` and the chunk digests in order (:class:`ImageHashe
 one-level hash tree: an incremental backup that read only the changed chunks can still state the
 digest of the whole file, and a restore proves the rebuilt file with it.
 
+*Sparse full.*  A delta whose base is the empty file (flag bit 1, no base job): the full image of a
+dynamic or differencing VHD/VHDX made of the ranges its tables reference; the rest of the file is
+zeros in the result (the *normalised image*).  Its digests are known only once every range was
+read, so they travel in the trailer (:class:`DeltaReader` with ``sparse`` headers computes them on
+a thread of its own; :class:`DeltaApplier` recomputes them while it writes, without reading back).
+
 *Delta.*  A header naming the base (the job whose image it applies to, that image's size and
 digest) and the result (size, digest), then records ``(offset, length, bytes)`` in ascending
 order, then a trailer with the record count and the SHA-256 of everything before it
@@ -34,6 +40,7 @@ from bareos_hyperv.storage.base import Buffer, FileReader
 
 __all__ = [
     "DELTA_MAGIC",
+    "EMPTY_BASE_JOB",
     "HEADER_SIZE",
     "MAX_CHUNKS",
     "MIN_CHUNK_SIZE",
@@ -53,6 +60,7 @@ __all__ = [
     "PatchTarget",
     "chunk_size_for",
     "delta_size",
+    "empty_image_digest",
     "hash_file",
     "merge_ranges",
 ]
@@ -75,6 +83,14 @@ HEADER_SIZE = 256
 RECORD_HEAD_SIZE = 16
 TRAILER_SIZE = 48
 FLAG_RESULT_SHA256 = 1  # the header carries the plain SHA-256 of the result
+# A sparse full: the base is the empty file, and the result's image digest and plain SHA-256 are in
+# the trailer (between the record count and the trailer's own digest), not in the header.
+FLAG_SPARSE = 2
+SPARSE_TRAILER_SIZE = TRAILER_SIZE + 64
+#: The "base job" of a sparse full: none (its base is the empty file).
+EMPTY_BASE_JOB = 0
+_ZEROS = bytes(READ_SIZE)
+_ZERO_CHUNK_DIGESTS: dict[int, bytes] = {}
 _DIGEST_PREFIX = b"bareos-hyperv image digest 1\0"
 _NO_DIGEST = bytes(32)
 
@@ -85,7 +101,9 @@ _HEADER = struct.Struct("<8sHHIQQQ32sQ32s32sIIQQ")
 _HEADER_CHECKED = HEADER_SIZE - 32
 _RECORD = struct.Struct("<QQ")
 _TRAILER = struct.Struct("<8sQ32s")
+_SPARSE_TRAILER = struct.Struct("<8sQ32s32s32s")
 assert _HEADER.size <= _HEADER_CHECKED and _RECORD.size == RECORD_HEAD_SIZE and _TRAILER.size == TRAILER_SIZE
+assert _SPARSE_TRAILER.size == SPARSE_TRAILER_SIZE
 
 
 class DeltaError(StorageError):
@@ -190,6 +208,42 @@ class ChunkHasher:
                 self._current = hashlib.sha256()
                 self._filled = 0
 
+    def update_zeros(self, count: int) -> None:
+        """Feed ``count`` zero bytes (a hole of a sparse image) without allocating them.
+
+        Whole chunks of zeros take a digest computed once per chunk size; the plain SHA-256, when
+        kept, still has to see every zero byte.
+        """
+        if count <= 0:
+            return
+        if self.sha256 is not None:
+            left = count
+            while left:
+                n = min(left, len(_ZEROS))
+                self.sha256.update(memoryview(_ZEROS)[:n])
+                left -= n
+        self.size += count
+        if self._filled:
+            take = min(count, self.chunk_size - self._filled)
+            self._feed_zeros(take)
+            count -= take
+        whole, rest = divmod(count, self.chunk_size)
+        if whole:
+            self.hashes.extend([_zero_chunk_digest(self.chunk_size)] * whole)
+        self._feed_zeros(rest)
+
+    def _feed_zeros(self, count: int) -> None:
+        """Zeros into the current chunk (never past its end)."""
+        while count:
+            n = min(count, len(_ZEROS))
+            self._current.update(memoryview(_ZEROS)[:n])
+            self._filled += n
+            count -= n
+        if self._filled == self.chunk_size:
+            self.hashes.append(self._current.digest())
+            self._current = hashlib.sha256()
+            self._filled = 0
+
     def finish(self) -> ImageHashes:
         """The hashes of everything fed (call once, after the last byte)."""
         if self._filled:
@@ -200,6 +254,24 @@ class ChunkHasher:
 
 
 ReadAt = Callable[[int, int], bytes]
+
+
+def _zero_chunk_digest(chunk_size: int) -> bytes:
+    digest = _ZERO_CHUNK_DIGESTS.get(chunk_size)
+    if digest is None:
+        h = hashlib.sha256()
+        left = chunk_size
+        while left:
+            n = min(left, len(_ZEROS))
+            h.update(memoryview(_ZEROS)[:n])
+            left -= n
+        digest = _ZERO_CHUNK_DIGESTS[chunk_size] = h.digest()
+    return digest
+
+
+def empty_image_digest(chunk_size: int) -> str:
+    """The image digest of the empty file (the base of a sparse full)."""
+    return ImageHashes(chunk_size, 0, []).digest()
 
 
 def _read_exact(read_at: ReadAt, offset: int, length: int, what: str) -> bytes:
@@ -248,9 +320,10 @@ def merge_ranges(ranges: Iterable[Tuple[int, int]], *, limit: Optional[int] = No
     return out
 
 
-def delta_size(ranges: Sequence[Tuple[int, int]]) -> int:
+def delta_size(ranges: Sequence[Tuple[int, int]], *, sparse: bool = False) -> int:
     """Bytes of a delta with these records (header, record heads and data, trailer)."""
-    return HEADER_SIZE + sum(RECORD_HEAD_SIZE + n for _o, n in ranges) + TRAILER_SIZE
+    trailer = SPARSE_TRAILER_SIZE if sparse else TRAILER_SIZE
+    return HEADER_SIZE + sum(RECORD_HEAD_SIZE + n for _o, n in ranges) + trailer
 
 
 @dataclass(frozen=True)
@@ -260,6 +333,8 @@ class DeltaHeader:
     ``job_id`` wrote the delta; ``base_job_id`` is the job whose image of the file it applies to
     (``base_size``/``base_digest`` describe that image); ``result_*`` the image after applying.
     ``result_sha256`` is the plain SHA-256 of the result when the backup read the whole file.
+    ``sparse``: a sparse full (base job :data:`EMPTY_BASE_JOB`, base size 0); its result digests are
+    in the trailer, so ``result_digest`` is empty and ``result_sha256`` None here.
     """
 
     job_id: int
@@ -272,13 +347,28 @@ class DeltaHeader:
     record_count: int
     payload_bytes: int
     result_sha256: Optional[str] = None
+    sparse: bool = False
+
+    @classmethod
+    def sparse_full(cls, *, job_id: int, size: int, chunk_size: int, ranges: Sequence[Tuple[int, int]]) -> DeltaHeader:
+        """The header of a sparse full of a file of ``size`` bytes made of ``ranges``."""
+        return cls(job_id=job_id, base_job_id=EMPTY_BASE_JOB, base_size=0, base_digest=empty_image_digest(chunk_size),
+                   result_size=size, result_digest="", chunk_size=chunk_size, record_count=len(ranges),
+                   payload_bytes=sum(n for _o, n in ranges), sparse=True)
+
+    @property
+    def trailer_size(self) -> int:
+        """Bytes of this delta's trailer."""
+        return SPARSE_TRAILER_SIZE if self.sparse else TRAILER_SIZE
 
     def pack(self) -> bytes:
         """The 256 header bytes."""
-        flags = FLAG_RESULT_SHA256 if self.result_sha256 else 0
+        flags = FLAG_RESULT_SHA256 if self.result_sha256 and not self.sparse else 0
+        if self.sparse:
+            flags |= FLAG_SPARSE
         body = _HEADER.pack(DELTA_MAGIC, DELTA_VERSION, HEADER_SIZE, flags, self.job_id, self.base_job_id,
                             self.base_size, bytes.fromhex(self.base_digest), self.result_size,
-                            bytes.fromhex(self.result_digest),
+                            bytes.fromhex(self.result_digest) if not self.sparse else _NO_DIGEST,
                             bytes.fromhex(self.result_sha256) if self.result_sha256 else _NO_DIGEST,
                             self.chunk_size, 0, self.record_count, self.payload_bytes)
         body = body.ljust(_HEADER_CHECKED, b"\0")
@@ -306,24 +396,104 @@ class DeltaHeader:
             raise DeltaFormatError(f"{name}: the header's checksum does not match", what_to_do=hint)
         if chunk < MIN_CHUNK_SIZE // 16 or chunk & (chunk - 1):
             raise DeltaFormatError(f"{name}: chunk size {chunk} is not valid", what_to_do=hint)
+        sparse = bool(flags & FLAG_SPARSE)
+        if flags & ~(FLAG_RESULT_SHA256 | FLAG_SPARSE) or (sparse and (flags & FLAG_RESULT_SHA256
+                                                                       or base_job != EMPTY_BASE_JOB or base_size)):
+            raise DeltaFormatError(f"{name}: flags {flags:#x} do not fit the header (a sparse full has no base)",
+                                   what_to_do=hint)
         return cls(job_id=job, base_job_id=base_job, base_size=base_size, base_digest=base_digest.hex(),
-                   result_size=result_size, result_digest=result_digest.hex(), chunk_size=chunk,
+                   result_size=result_size, result_digest="" if sparse else result_digest.hex(), chunk_size=chunk,
                    record_count=records, payload_bytes=payload,
-                   result_sha256=result_sha.hex() if flags & FLAG_RESULT_SHA256 else None)
+                   result_sha256=result_sha.hex() if flags & FLAG_RESULT_SHA256 else None, sparse=sparse)
+
+
+class _ImageHasher:
+    """Chunk digests and plain SHA-256 of a sparse image, computed from its ranges on a thread of its own.
+
+    The reader hands over copies of each range's bytes with their offset; the gaps between them
+    (and up to the end) are zeros.  Hashing in the reading thread would halve the throughput of
+    the stream (see :class:`HashingReader`); hashlib releases the GIL on large updates.
+    """
+
+    BUFFERS = 4
+
+    def __init__(self, chunk_size: int) -> None:
+        self.hasher = ChunkHasher(chunk_size, plain=True)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._pooled = 0
+        self._work: queue.SimpleQueue[Optional[Tuple[int, Optional[bytearray], int]]] = queue.SimpleQueue()
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="image-sha256",
+                                                                    daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            offset, buf, n = item
+            try:
+                if self._error is None:
+                    self.hasher.update_zeros(offset - self.hasher.size)
+                    if buf is not None:
+                        with memoryview(buf) as view:
+                            self.hasher.update(view[:n])
+            except BaseException as exc:  # reported by finish(); the reading thread must not block
+                self._error = exc
+            if buf is not None:
+                self._free.put(buf)
+
+    def submit(self, offset: int, data: memoryview) -> None:
+        """Hash a copy of ``data``, the image's bytes at ``offset`` (after every earlier submission)."""
+        n = len(data)
+        if self._pooled < self.BUFFERS:
+            self._pooled += 1
+            buf = bytearray(max(n, READ_SIZE))
+        else:
+            buf = self._free.get()
+            if len(buf) < n:
+                buf = bytearray(n)
+        buf[:n] = data
+        self._work.put((offset, buf, n))
+
+    def finish(self, size: int) -> Tuple[ImageHashes, str]:
+        """Zeros up to ``size``, then the image's chunk digests and plain SHA-256 (hex)."""
+        self._work.put((size, None, 0))
+        self.stop()
+        if self._error is not None:
+            raise DeltaError(f"computing the image digests failed: {self._error}")
+        assert self.hasher.sha256 is not None
+        return self.hasher.finish(), self.hasher.sha256.hexdigest()
+
+    def stop(self) -> None:
+        """End the thread (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._work.put(None)
+            thread.join()
 
 
 class DeltaReader:
     """A delta produced on the fly from a source file: header, then each range's bytes, then the trailer.
 
-    Reads ``ranges`` from ``read_at`` (the frozen disk file) while the core pulls the stream, so
-    nothing but one :data:`READ_SIZE` piece is held; ``close`` is called when the reader is
-    closed (to release the source).  Implements :class:`~bareos_hyperv.storage.base.FileReader` (sequential use).
+    Reads ``ranges`` from ``read_at`` (the frozen disk file), or, when ``source`` is given, from
+    that reader's own stream (seek to each range, read ahead no further than its end when the
+    reader can be told so: ``set_limit``), which keeps large reads in flight over SMB.  Nothing
+    but one :data:`READ_SIZE` piece is held; ``close`` is called when the reader is closed (to
+    release the source).  For a sparse full (``header.sparse``) the image's digests are computed
+    while the ranges stream and written into the trailer; :attr:`result` and :attr:`sha256` hold
+    them once the trailer was produced.  Implements :class:`~bareos_hyperv.storage.base.FileReader`
+    (sequential use).
     """
 
-    def __init__(self, header: DeltaHeader, ranges: Sequence[Tuple[int, int]], read_at: ReadAt, *,
-                 name: str = "delta", close: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, header: DeltaHeader, ranges: Sequence[Tuple[int, int]], read_at: Optional[ReadAt] = None, *,
+                 name: str = "delta", close: Optional[Callable[[], None]] = None,
+                 source: Optional[FileReader] = None) -> None:
         if header.record_count != len(ranges) or header.payload_bytes != sum(n for _o, n in ranges):
             raise ValueError("the header does not count the ranges given")
+        if read_at is None and source is None:
+            raise ValueError("a delta needs read_at or source")
         end = 0
         for offset, length in ranges:
             if length <= 0 or offset < end or offset + length > header.result_size:
@@ -333,8 +503,9 @@ class DeltaReader:
         self.name = name
         self._ranges = list(ranges)
         self._read_at = read_at
+        self._source = source
         self._close = close
-        self._size = delta_size(self._ranges)
+        self._size = delta_size(self._ranges, sparse=header.sparse)
         self._pos = 0
         self._sha = hashlib.sha256()
         self._pending = memoryview(b"")
@@ -342,6 +513,11 @@ class DeltaReader:
         self._range_pos = 0  # bytes of the current range already produced
         self._in_range = False
         self._stage = 0  # 0 header, 1 records, 2 trailer, 3 done
+        self._buffer: Optional[bytearray] = None
+        self._image: Optional[_ImageHasher] = _ImageHasher(header.chunk_size) if header.sparse else None
+        self.result: Optional[ImageHashes] = None
+        self.sha256: Optional[str] = None
+        self.bytes_read = 0  # of the source file
 
     @property
     def size(self) -> int:
@@ -355,20 +531,45 @@ class DeltaReader:
             self._sha.update(piece)
         return piece
 
+    def _read_range(self, into: memoryview) -> int:
+        """Read the current range's next bytes into ``into`` (at most what is left of the range)."""
+        offset, length = self._ranges[self._next_range]
+        at = offset + self._range_pos
+        n = min(len(into), length - self._range_pos)
+        if self._source is None:
+            assert self._read_at is not None
+            data = _read_exact(self._read_at, at, n, self.name)
+            into[:n] = data
+        else:
+            if self._range_pos == 0:
+                self._source.seek(at)
+                set_limit = getattr(self._source, "set_limit", None)
+                if set_limit is not None:
+                    set_limit(offset + length)
+            n = self._source.readinto(into[:n])
+            if n <= 0:
+                raise DeltaError(f"{self.name}: short read at offset {at}",
+                                 what_to_do="the file changed size while it was read; run the job again")
+        if self._image is not None:
+            self._image.submit(at, into[:n])
+        self.bytes_read += n
+        self._range_pos += n
+        if self._range_pos == length:
+            self._in_range = False
+            self._next_range += 1
+        return n
+
     def _piece(self) -> memoryview:
         if self._stage == 0:
             self._stage = 1
             return memoryview(self.header.pack())
         if self._stage == 1:
             if self._in_range:
-                offset, length = self._ranges[self._next_range]
-                n = min(READ_SIZE, length - self._range_pos)
-                data = _read_exact(self._read_at, offset + self._range_pos, n, self.name)
-                self._range_pos += n
-                if self._range_pos == length:
-                    self._in_range = False
-                    self._next_range += 1
-                return memoryview(data)
+                if self._buffer is None:
+                    self._buffer = bytearray(READ_SIZE)
+                view = memoryview(self._buffer)
+                n = self._read_range(view)
+                return view[:n]
             if self._next_range < len(self._ranges):
                 offset, length = self._ranges[self._next_range]
                 self._in_range = True
@@ -377,12 +578,24 @@ class DeltaReader:
             self._stage = 2
         if self._stage == 2:
             self._stage = 3
-            return memoryview(_TRAILER.pack(TRAILER_MAGIC, len(self._ranges), self._sha.copy().digest()))
+            if self._image is None:
+                return memoryview(_TRAILER.pack(TRAILER_MAGIC, len(self._ranges), self._sha.copy().digest()))
+            image, self._image = self._image, None
+            self.result, self.sha256 = image.finish(self.header.result_size)
+            return memoryview(_SPARSE_TRAILER.pack(TRAILER_MAGIC, len(self._ranges),
+                                                   bytes.fromhex(self.result.digest()), bytes.fromhex(self.sha256),
+                                                   self._sha.copy().digest()))
         return memoryview(b"")
 
     def readinto(self, buf: Buffer) -> int:
         """Fill ``buf`` with the next bytes of the delta; 0 at the end."""
         out = memoryview(buf).cast("B")
+        if not self._pending and self._stage == 1 and self._in_range and len(out) >= RECORD_HEAD_SIZE:
+            # A range's bytes straight into the caller's buffer: no copy on the hot path.
+            n = self._read_range(out)
+            self._sha.update(out[:n])
+            self._pos += n
+            return n
         while not self._pending:
             if self._stage == 3:
                 return 0
@@ -421,7 +634,10 @@ class DeltaReader:
         return self._pos
 
     def close(self) -> None:
-        """Release the source."""
+        """Release the source (and the hashing thread of an unfinished sparse full)."""
+        image, self._image = self._image, None
+        if image is not None:
+            image.stop()
         close, self._close = self._close, None
         if close is not None:
             close()
@@ -623,7 +839,11 @@ class DeltaApplier:
     before the header proved that the target is the delta's base; :meth:`close` checks the
     trailer and the result digest and returns the new chunk digests via :attr:`result`.  After a
     failure the target holds a partial result: the caller removes it (:meth:`discard` only marks
-    the applier failed).  Implements :class:`~bareos_hyperv.storage.base.FileWriter`.
+    the applier failed).  A sparse full (``header.sparse``) is applied to an empty file: the file is
+    set to its final length (a hole where the storage allows) and the result's digests are computed
+    from the records as they are written (zeros between them), so nothing is read back;
+    :attr:`result_sha256` is then the image's plain SHA-256 from the trailer.
+    Implements :class:`~bareos_hyperv.storage.base.FileWriter`.
     """
 
     def __init__(self, target: PatchTarget, *, name: str, base: Optional[ImageHashes] = None,
@@ -645,6 +865,9 @@ class DeltaApplier:
         self._last_end = 0
         self._dirty: Set[int] = set()
         self._failed = False
+        self._image: Optional[ChunkHasher] = None  # a sparse full: the result's digests, as written
+        self._trailer_result: Optional[Tuple[str, str]] = None  # a sparse full: (image digest, SHA-256)
+        self.result_sha256: Optional[str] = None
 
     @property
     def written(self) -> int:
@@ -669,6 +892,9 @@ class DeltaApplier:
             if self._stage == 2:
                 take = min(len(view), self._left)
                 self._sha.update(view[:take])
+                if self._image is not None:
+                    self._image.update_zeros(self._offset - self._image.size)
+                    self._image.update(view[:take])
                 self.target.write_at(self._offset, view[:take])
                 self._offset += take
                 self._left -= take
@@ -679,7 +905,8 @@ class DeltaApplier:
                 continue
             if self._stage == 4:
                 raise self._format_error("there are bytes after the delta's trailer")
-            need = {0: HEADER_SIZE, 1: RECORD_HEAD_SIZE, 3: TRAILER_SIZE}[self._stage]
+            trailer = self.header.trailer_size if self.header is not None else TRAILER_SIZE
+            need = {0: HEADER_SIZE, 1: RECORD_HEAD_SIZE, 3: trailer}[self._stage]
             take = min(len(view), need - len(self._buf))
             self._buf += view[:take]
             view = view[take:]
@@ -710,6 +937,14 @@ class DeltaApplier:
                              "up to the point wanted) in one restore job")
         base = self.base
         size = self.target.size
+        if header.sparse:
+            if size:
+                raise self._fail(DeltaBaseMismatch,
+                                 f"the sparse full of job {header.job_id} is written into an empty file, but the "
+                                 f"file already holds {size} bytes",
+                                 "restore into a directory or volume without a file of that name")
+            self._image = ChunkHasher(header.chunk_size)
+            base = ImageHashes(header.chunk_size, 0, [])
         if base is None or base.chunk_size != header.chunk_size or base.size != size:
             base = _hash_target(self.target, size, header.chunk_size, self.name)
         if base.size != header.base_size or base.digest() != header.base_digest:
@@ -746,7 +981,11 @@ class DeltaApplier:
 
     def _trailer(self, raw: bytes) -> None:
         assert self.header is not None
-        magic, count, digest = _TRAILER.unpack(raw)
+        if self.header.sparse:
+            magic, count, result, result_sha, digest = _SPARSE_TRAILER.unpack(raw)
+            self._trailer_result = (result.hex(), result_sha.hex())
+        else:
+            magic, count, digest = _TRAILER.unpack(raw)
         if magic != TRAILER_MAGIC or count != self._records or digest != self._sha.digest():
             raise self._format_error("its trailer does not match its content (damaged in the save set)")
         self._stage = 4
@@ -758,17 +997,24 @@ class DeltaApplier:
         if self._stage != 4 or self.header is None or self.base is None:
             raise self._format_error(f"it ended after {self._written} bytes, before its trailer (cut short)")
         header = self.header
-        hashes = list(self.base.hashes[: -(-header.result_size // header.chunk_size)])
-        count = -(-header.result_size // header.chunk_size)
-        hashes += [b""] * (count - len(hashes))
-        for index, digest in hash_file(self.target.read_at, header.result_size, header.chunk_size,
-                                       chunks=self._dirty, what=self.name):
-            hashes[index] = digest
-        result = ImageHashes(header.chunk_size, header.result_size, hashes)
-        if result.digest() != header.result_digest:
+        expected = header.result_digest
+        if self._image is not None:
+            assert self._trailer_result is not None
+            self._image.update_zeros(header.result_size - self._image.size)
+            result = self._image.finish()
+            expected, self.result_sha256 = self._trailer_result
+        else:
+            hashes = list(self.base.hashes[: -(-header.result_size // header.chunk_size)])
+            count = -(-header.result_size // header.chunk_size)
+            hashes += [b""] * (count - len(hashes))
+            for index, digest in hash_file(self.target.read_at, header.result_size, header.chunk_size,
+                                           chunks=self._dirty, what=self.name):
+                hashes[index] = digest
+            result = ImageHashes(header.chunk_size, header.result_size, hashes)
+        if result.digest() != expected:
             raise self._fail(DeltaResultMismatch,
                              f"after applying the delta of job {header.job_id} the file's digest is "
-                             f"{result.digest()[:16]}..., the backup recorded {header.result_digest[:16]}...",
+                             f"{result.digest()[:16]}..., the backup recorded {expected[:16]}...",
                              "the restored file is not the backed-up disk; check the restore directory's "
                              "storage and restore again")
         self.result = result

@@ -17,12 +17,15 @@ instrumentation must never lead outside the tree it names.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
-from bareos_hyperv.errors import ConfigurationError, StorageError
+# The pure parts (path splitting, map entries and their parsers) live in the model so that the fd can
+# type the map options with the same rules; they are re-exported here for the storage's users.
+from bareos_hyperv.model.options import MapEntry, parse_path_map, parse_share_map
+from bareos_hyperv.model.winpath import InvalidPathError, split_windows_path
+from bareos_hyperv.model.winpath import check_component as _check_component
 
 __all__ = [
     "InvalidPathError",
@@ -35,18 +38,6 @@ __all__ = [
     "parse_share_map",
     "split_windows_path",
 ]
-
-_DRIVE_PATH = re.compile(r"^([A-Za-z]):\\")
-# "NODE:" before a drive path or UNC restricts a map entry to one node.  Node names are at least two
-# characters, so they cannot be confused with a drive letter.
-_MAP_ENTRY = re.compile(
-    r"^(?:(?P<node>[A-Za-z0-9][A-Za-z0-9._-]+):(?=[A-Za-z]:|\\\\))?(?P<prefix>[^=]+)=(?P<target>.+)$"
-)
-_FORBIDDEN_IN_NAME = set(':*?"<>|\0')
-
-
-class InvalidPathError(StorageError):
-    """A host path cannot be turned into a location (relative, escaping, unmapped, ...)."""
 
 
 @dataclass(frozen=True)
@@ -113,148 +104,8 @@ class LocalLocation:
 Location = Union[SmbLocation, LocalLocation]
 
 
-def _check_component(name: str, whole: str) -> None:
-    if name in ("", ".", ".."):
-        raise InvalidPathError(
-            f"path component {name!r} is not allowed",
-            context={"path": whole},
-            what_to_do="use an absolute path without '.' or '..' components",
-        )
-    bad = sorted(set(name) & (_FORBIDDEN_IN_NAME | {"\\", "/"}))
-    if bad:
-        raise InvalidPathError(
-            f"path component {name!r} contains characters Windows does not allow in names: {''.join(bad)!r}",
-            context={"path": whole},
-            what_to_do="check the path; alternate data streams (name:stream) are not supported",
-        )
-
-
-def split_windows_path(path: str) -> Tuple[str, List[str]]:
-    r"""Split an absolute Windows path into its root and validated components.
-
-    The root is ``"C:"`` for a drive path or ``"\\server\share"`` for a UNC path; ``/`` is accepted as a
-    separator as Windows does.  Raises :class:`InvalidPathError` for anything else.
-    """
-    if not isinstance(path, str) or not path:
-        raise InvalidPathError(
-            "empty path", what_to_do="pass an absolute Windows path such as C:\\VMs\\a.vhdx"
-        )
-    p = path.replace("/", "\\")
-    if p.startswith(("\\\\?\\", "\\\\.\\")):
-        raise InvalidPathError(
-            "device and extended-length paths (\\\\?\\, \\\\.\\) are not supported",
-            context={"path": path},
-            what_to_do="use the plain drive or UNC path",
-        )
-    m = _DRIVE_PATH.match(p)
-    if m:
-        root = f"{m.group(1).upper()}:"
-        rest = p[3:]
-    elif p.startswith("\\\\"):
-        parts = p[2:].split("\\", 2)
-        if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise InvalidPathError(
-                "UNC path needs a server and a share",
-                context={"path": path},
-                what_to_do="write it as \\\\server\\share\\folder\\file",
-            )
-        for comp in parts[:2]:
-            _check_component(comp, path)
-        root = f"\\\\{parts[0]}\\{parts[1]}"
-        rest = parts[2] if len(parts) == 3 else ""
-    else:
-        raise InvalidPathError(
-            "not an absolute Windows path "
-            "(a drive path like C:\\... or a UNC path like \\\\server\\share\\...)",
-            context={"path": path},
-            what_to_do="pass the full path as Hyper-V reports it",
-        )
-    # Repeated or trailing separators are harmless on Windows; empty components are dropped.
-    comps = [c for c in rest.split("\\") if c != ""]
-    for c in comps:
-        _check_component(c, path)
-    return root, comps
-
-
 def _starts_with(comps: Sequence[str], prefix: Sequence[str]) -> bool:
     return len(comps) >= len(prefix) and all(a.lower() == b.lower() for a, b in zip(comps, prefix))
-
-
-@dataclass(frozen=True)
-class MapEntry:
-    r"""One prefix mapping: host-path prefix -> target (a UNC root for share maps, a POSIX dir for path maps).
-
-    ``node`` restricts the entry to paths reported by that node (``None``: every node).
-    """
-
-    prefix: str
-    target: str
-    node: str | None = None
-
-    def key(self) -> Tuple[str, List[str]]:
-        """The prefix as (root, components), root upper-cased for drive letters."""
-        return split_windows_path(self.prefix)
-
-
-def _parse_entries(entries: Iterable[str], what: str) -> List[MapEntry]:
-    out: List[MapEntry] = []
-    for raw in entries:
-        text = raw.strip()
-        if not text:
-            continue
-        m = _MAP_ENTRY.match(text)
-        if not m:
-            raise ConfigurationError(
-                f"{what} entry {text!r} is not 'prefix=target'",
-                what_to_do=f"write each {what} entry as e.g. C:\\ClusterStorage=\\\\fileserver\\csv",
-            )
-        prefix, target = m.group("prefix").strip(), m.group("target").strip()
-        try:
-            split_windows_path(prefix)
-        except InvalidPathError as exc:
-            raise ConfigurationError(
-                f"{what} entry {text!r}: the prefix is not an absolute Windows path: {exc.message}",
-                what_to_do="the left side must be a drive path (D:\\VMs) or a UNC path (\\\\server\\share)",
-            ) from None
-        out.append(MapEntry(prefix, target, m.group("node")))
-    return out
-
-
-def parse_share_map(entries: Iterable[str]) -> List[MapEntry]:
-    r"""Parse share-map entries ``[NODE:]prefix=\\server\share[\folder]``.
-
-    Example: ``C:\ClusterStorage=\\fileserver\csv``; ``HV01:D:\VMs=\\hv01\vms``.
-    Raises :class:`ConfigurationError` naming the bad entry.
-    """
-    out = _parse_entries(entries, "share map")
-    for e in out:
-        try:
-            root, _ = split_windows_path(e.target)
-        except InvalidPathError:
-            root = ""
-        if not root.startswith("\\\\"):
-            raise ConfigurationError(
-                f"share map entry {e.prefix}={e.target}: the target is not a UNC path",
-                what_to_do="write the target as \\\\server\\share or \\\\server\\share\\folder",
-            )
-    return out
-
-
-def parse_path_map(entries: Iterable[str]) -> List[MapEntry]:
-    r"""Parse path-map entries ``[NODE:]prefix=/local/dir`` for ``data=local``.
-
-    Example: ``C:\ClusterStorage\Volume1=/mnt/csv1``.  The target must be an absolute POSIX path
-    without ``..``.  Raises :class:`ConfigurationError` naming the bad entry.
-    """
-    out = _parse_entries(entries, "path map")
-    for e in out:
-        t = PurePosixPath(e.target)
-        if not t.is_absolute() or ".." in t.parts:
-            raise ConfigurationError(
-                f"path map entry {e.prefix}={e.target}: the target must be an absolute local directory",
-                what_to_do="write the target as an absolute path such as /mnt/csv1",
-            )
-    return out
 
 
 class LocationResolver:

@@ -157,6 +157,33 @@ _LOGON = frozenset({0xC000006D, 0xC000006A, 0xC0000072, 0xC0000193, 0xC0000071, 
 T = TypeVar("T")
 
 
+def _access_denied(loc: SmbLocation, ctx: Dict[str, object]) -> StorageAccessDenied:
+    r"""STATUS_ACCESS_DENIED, with the right that is missing.
+
+    Windows lets only a full administrator token use the admin shares (``C$``, ``D$``): members of
+    Hyper-V Administrators or Remote Management Users are refused, and so is a *local* account in
+    Administrators whose token UAC filters over the network (Microsoft, "User Account Control and
+    remote restrictions"; "User Account Control and WMI").
+    """
+    share = f"\\\\{loc.server}\\{loc.share}"
+    if loc.share.endswith("$"):
+        return StorageAccessDenied(
+            f"access denied to the administrative share {share}: the account is not a full administrator of "
+            f"{loc.server}",
+            context=ctx,
+            what_to_do=f"add the account to the local Administrators group of {loc.server} (admin shares need it; "
+            "Hyper-V Administrators is not enough); a local (non-domain) account also needs "
+            "LocalAccountTokenFilterPolicy=1 on the host, else UAC strips its administrator rights over the "
+            "network: use a domain account or set it",
+        )
+    return StorageAccessDenied(
+        f"access denied on the file share {share}",
+        context=ctx,
+        what_to_do="grant the account Full Control on the share and on the folder; a local (non-domain) account "
+        "in the server's Administrators group also needs LocalAccountTokenFilterPolicy=1",
+    )
+
+
 @dataclass(frozen=True)
 class SmbOptions:
     """Tuning and policy of one job's SMB access.
@@ -678,13 +705,7 @@ class SmbStorage:
                     what_to_do="check the user name, domain and password in the credentials file",
                 )
             if status == _STATUS_ACCESS_DENIED:
-                return StorageAccessDenied(
-                    "access denied",
-                    context=ctx,
-                    what_to_do="the account must be a member of the host's local Administrators group to use "
-                    "admin shares (X$); a local, non-domain account also needs "
-                    "LocalAccountTokenFilterPolicy=1; on a file share grant Full Control on share and folder",
-                )
+                return _access_denied(loc, ctx)
             if status == _STATUS_BAD_NETWORK_NAME:
                 return StorageNotFound(
                     "the share does not exist on this server",
@@ -1205,6 +1226,7 @@ class SmbReader:
         self._buf = memoryview(b"")
         self._inflight: Deque[Tuple[int, int, Any]] = deque()
         self._next = 0
+        self._limit: int | None = None  # read ahead no further (set_limit)
         self.reconnects = 0
         self._handle = storage._call("open", location, self._open)
         self._size: int = int(self._handle.end_of_file)
@@ -1258,9 +1280,19 @@ class SmbReader:
             raise
         return _unpack_read(response["data"].get_value())
 
+    def set_limit(self, end: int | None) -> None:
+        """Read ahead no further than ``end`` (None: the end of the file).
+
+        A reader of ranges (a sparse full: only the blocks the disk's tables reference) seeks to
+        each range and sets its end, so the pipeline keeps large reads in flight within the range
+        and never fetches the gap after it.
+        """
+        self._limit = end
+
     def _fill(self) -> None:
-        while len(self._inflight) < self._depth and self._next < self._size:
-            length = min(self._read_size, self._size - self._next)
+        stop = self._size if self._limit is None else min(self._size, self._limit)
+        while len(self._inflight) < self._depth and self._next < stop:
+            length = min(self._read_size, stop - self._next)
             self._inflight.append((self._next, length, self._send(self._next, length)))
             self._next += length
 

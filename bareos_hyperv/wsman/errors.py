@@ -244,7 +244,9 @@ class AccessDeniedFault(WsmanFault):
 
     what_to_do_default = (
         "use an account in the host's Administrators or Hyper-V Administrators group "
-        "with remote WMI access to this namespace"
+        "with remote WMI access to this namespace (Hyper-V Administrators also needs Remote Management "
+        "Users; a local, non-domain account in Administrators also needs LocalAccountTokenFilterPolicy=1, "
+        "or use a domain account)"
     )
 
 

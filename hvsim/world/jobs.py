@@ -82,6 +82,9 @@ class Job:
     storage_parent: str = ""
     storage_child: str = ""
     rollback: Callable[[], None] | None = None  # undoes an effect applied at invoke time
+    # warnings the work itself reported: the job ends "Completed with warnings" (32768) and
+    # GetErrorEx returns them (e.g. a checkpoint that fell back to crash consistency)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -177,6 +180,9 @@ class JobEngine:
         job.affected.extend(r for r in results if not any(r.same_as(a) for a in job.affected))
         job.state = JOB_COMPLETED
         job.percent = 100
+        if job.warnings:
+            job.state = JOB_COMPLETED_WITH_WARNINGS
+            job.errors = [error_instance(text, 0, severity=3) for text in job.warnings]
         if job.warn_rule is not None:
             params = job.warn_rule.params
             job.state = JOB_COMPLETED_WITH_WARNINGS

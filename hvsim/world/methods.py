@@ -23,6 +23,7 @@ from pathlib import PureWindowsPath
 from typing import Any, Callable, Mapping
 
 from hvsim.cim import NS_VIRT, CimError, CimInstance, CimRef, MethodOutcome
+from hvsim.configversion import config_extension, is_legacy
 from hvsim.faults import MIGRATE_VM, RETURN_CODE
 from hvsim.world.jobs import JobFailure, Work, error_instance
 from hvsim.world.node import (
@@ -619,12 +620,17 @@ def _export(c: Call) -> MethodOutcome:
             f"Failed to export '{vm.name}': the path '{directory}' cannot be reached by the host "
             "(0x80070035 / network path; remote paths need delegation)."))
 
+    # A legacy-version VM (5.0) exports in the 2012 R2 layout: <GUID>.xml plus a <GUID> folder
+    # holding the runtime state (hvsim.configversion; hyperv-wmi.md §3.3).
+    legacy = is_legacy(vm.version)
+    ext = config_extension(vm.version)
+
     def work() -> list[CimRef]:
         vmdir = target / "Virtual Machines"
-        vmcx = vmdir / f"{vm.id}.vmcx"
+        vmcx = vmdir / f"{vm.id}{ext}"
         if vmcx.exists():
             raise JobFailure(32768, (
-                f"Failed to export '{vm.name}': '{directory}\\Virtual Machines\\{vm.id}.vmcx' "
+                f"Failed to export '{vm.name}': '{directory}\\Virtual Machines\\{vm.id}{ext}' "
                 "already exists."))
         vmdir.mkdir(parents=True, exist_ok=True)
         cfg = snap.config.clone() if snap else vm.config.clone()
@@ -632,16 +638,26 @@ def _export(c: Call) -> MethodOutcome:
         snaps = list(vm.snapshots.values()) if mode == 0 else []
         doc = serialise_vm(vm, cfg, "vm", snapshots=[s.id for s in snaps])
         vmcx.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        (vmdir / f"{vm.id}.vmrs").write_text(json.dumps({"format": "hvsim-vmrs/1", "vm_id": vm.id,
-                                                         "saved_state": False}), encoding="utf-8")
-        if vm.generation == 2:
+        if legacy:
+            # Which runtime files land in the folder of a configuration-only export is not captured:
+            # the memory placeholder (.bin) of a VM that was running, the saved state (.vsv) of a saved one.
+            state_dir = vmdir / vm.id
+            state_dir.mkdir(exist_ok=True)
+            if vm.state in (VM_RUNNING, VM_PAUSED, VM_SAVED):
+                (state_dir / f"{vm.id}.bin").write_bytes(b"HVSIM-BIN\0" + vm.id.encode("ascii"))
+            if vm.state == VM_SAVED:
+                (state_dir / f"{vm.id}.vsv").write_bytes(b"HVSIM-VSV\0" + vm.id.encode("ascii"))
+        else:
+            (vmdir / f"{vm.id}.vmrs").write_text(json.dumps({"format": "hvsim-vmrs/1", "vm_id": vm.id,
+                                                             "saved_state": False}), encoding="utf-8")
+        if vm.generation == 2 and not legacy:
             (vmdir / f"{vm.id}.vmgs").write_bytes(b"HVSIM-VMGS\0" + vm.id.encode("ascii"))
         if snaps:
             sdir = target / "Snapshots"
             sdir.mkdir(parents=True, exist_ok=True)
             for s in snaps:
                 sdoc = serialise_vm(vm, s.config, "snapshot", snapshot_id=s.id)
-                (sdir / f"{s.id}.vmcx").write_text(json.dumps(sdoc, indent=1), encoding="utf-8")
+                (sdir / f"{s.id}{ext}").write_text(json.dumps(sdoc, indent=1), encoding="utf-8")
         return []
     return c.job(work, f"Exporting '{vm.name}' to '{directory}'", affected=[vm_ref(vm)])
 
@@ -681,7 +697,7 @@ def _import(c: Call) -> MethodOutcome:
     folder = PureWindowsPath(file).parent
     root = folder.parent if folder.name.lower() == "virtual machines" else folder
     cfg.vssd["ConfigurationDataRoot"] = str(root)
-    cfg.vssd["ConfigurationFile"] = f"Virtual Machines\\{vid}.vmcx"
+    cfg.vssd["ConfigurationFile"] = f"Virtual Machines\\{vid}{PureWindowsPath(file).suffix.lower() or '.vmcx'}"
     cfg.vssd["ConfigurationID"] = vid
     vm = Vm(id=vid, node=c.node, config=cfg, state=VM_OFF, planned=True)
     w.vms[vid] = vm
@@ -825,6 +841,11 @@ def _create_snapshot(c: Call) -> MethodOutcome:
     level = int(settings.get("ConsistencyLevel", 1) or 1) if settings else 1
     ignore = bool(settings.get("IgnoreNonSnapshottableDisks", False)) if settings else False
     vtype = VST_RECOVERY if stype == 32768 else VST_SNAPSHOT
+    if stype == 32768 and is_legacy(vm.version) and vm.legacy.recovery_checkpoints == "refused":
+        # hvsim.configversion.RECOVERY_CHECKPOINTS: one of two plausible answers; the wording is not captured
+        return c.failed_job(32768, (
+            f"Could not create backup checkpoint for virtual machine '{vm.name}': the operation is not "
+            f"supported for virtual machines of configuration version {vm.version}. (Virtual machine ID {vm.id})"))
 
     def work() -> list[CimRef]:
         if vm.id not in w.vms or vm.node != c.node:
@@ -833,24 +854,46 @@ def _create_snapshot(c: Call) -> MethodOutcome:
             raise JobFailure(32768, (
                 f"Cannot create a checkpoint of '{vm.name}': it has pass-through disks, which cannot be "
                 "checkpointed (set IgnoreNonSnapshottableDisks)."))
+        if w.merging(vm.id):
+            # hvsim.behaviour.CREATE_WHILE_MERGING
+            if vm.checkpoints.create_while_merging == "wait":
+                w.finish_merges(vm.id)
+            else:
+                raise JobFailure(32775, (
+                    f"Cannot create a checkpoint of '{vm.name}': the virtual machine is merging the disks of a "
+                    f"deleted checkpoint; try again when the merge has finished. (Virtual machine ID {vm.id})"))
         running = vm.state in (VM_RUNNING, VM_PAUSED)
         consistency = level if level in (1, 2) else 2
+        degraded = ""
         if running and consistency == 1 and stype == 32768:
             has_scsi = any(s.subtype == SUB_SCSI for s in vm.config.settings)
             if not vm.guest_vss or not has_scsi:
-                raise JobFailure(32768, (
-                    f"Could not create backup checkpoint for virtual machine '{vm.name}': the guest did not "
-                    "respond to the application-consistent (VSS) request; the backup integration service "
-                    f"is not available. (Virtual machine ID {vm.id})"))
+                if vm.checkpoints.vss_failure == "fail":
+                    raise JobFailure(32768, (
+                        f"Could not create backup checkpoint for virtual machine '{vm.name}': the guest did not "
+                        "respond to the application-consistent (VSS) request; the backup integration service "
+                        f"is not available. (Virtual machine ID {vm.id})"))
+                # Windows Server 2016+ may go on crash-consistent (hvsim.behaviour.VSS_FAILURE).
+                consistency = 2
+                if vm.checkpoints.vss_failure == "degrade_warning":
+                    degraded = (
+                        f"The backup checkpoint of virtual machine '{vm.name}' is not application consistent: "
+                        "the guest did not respond to the Volume Shadow Copy request; a crash-consistent "
+                        f"checkpoint was created instead. (Virtual machine ID {vm.id})")
         if running and stype == 2 and not vm.guest_vss:
             consistency = 2
         try:
             snap = w.take_snapshot(vm, vtype, consistency)
         except (OSError, ValueError) as exc:
             raise JobFailure(32768, f"Could not create checkpoint of '{vm.name}': {exc}") from exc
+        if degraded and job_box:
+            job_box[0].warnings.append(degraded)
         return [vssd_ref(snap.id)]
-    return c.job(work, f"Creating checkpoint of '{vm.name}'", affected=[vm_ref(vm)],
-                 out={"ResultingSnapshot": None})
+    job_box: list[Any] = []
+    outcome = c.job(work, f"Creating checkpoint of '{vm.name}'", affected=[vm_ref(vm)],
+                    out={"ResultingSnapshot": None})
+    job_box.append(w.jobs_engine.jobs[outcome.out["Job"].key("InstanceID")])
+    return outcome
 
 
 @handles("Msvm_VirtualSystemSnapshotService", "DestroySnapshot")
@@ -884,6 +927,15 @@ def _convert_to_rp(c: Call) -> MethodOutcome:
         return c.failed_job(32773, (
             f"Checkpoint '{snap.config.vssd.get('ElementName')}' is not a recovery checkpoint "
             "(SnapshotType 32768); only recovery checkpoints can become reference points."))
+    if is_legacy(vm.version):
+        # No RCT, so no reference points, below configuration version 6.2 (hvsim.configversion); how the
+        # refusal looks is not captured: both plausible shapes (CONVERT_FAILURE).
+        if vm.legacy.convert_failure == "not_supported":
+            return MethodOutcome(C_NOT_SUPPORTED)
+        return c.failed_job(32768, (
+            f"Could not convert the checkpoint of '{vm.name}' to a reference point: virtual machines of "
+            f"configuration version {vm.version} do not support resilient change tracking. "
+            f"(Virtual machine ID {vm.id})"))
 
     def work() -> list[CimRef]:
         if snap.id not in vm.snapshots:

@@ -22,6 +22,7 @@ from hvsim.cim import (
     ClassDef,
     MethodOutcome,
 )
+from hvsim.rights import AccountRights
 from hvsim.world import schema
 from hvsim.world.jobs import JOB_COMPLETED, JOB_COMPLETED_WITH_WARNINGS, Job
 from hvsim.world.state import (
@@ -171,6 +172,11 @@ class NodeRepository:
     def winrm(self) -> WinrmBehaviour:
         """How this node's WinRM answers where real hosts differ (read by the dispatcher)."""
         return self.node.winrm
+
+    @property
+    def rights(self) -> AccountRights:
+        """Who the simulation's account is on this node (read by the dispatcher; hvsim.rights)."""
+        return self.node.rights
 
     @property
     def product_version(self) -> str:
@@ -421,13 +427,19 @@ class NodeRepository:
         return out
 
     def _operational_status(self, vm: Vm) -> list[int]:
-        """[2 OK] plus the operation a running job is doing to the VM (hyperv-wmi.md 2.1)."""
+        """[2 OK] plus the operation a running job is doing to the VM (hyperv-wmi.md 2.1).
+
+        A merge that outlives the job that deleted the checkpoint shows as 32772 "Merging Disks"
+        (Msvm_ComputerSystem page; hvsim.behaviour.MERGE).
+        """
         for job in self.world.jobs_engine.on_node(self.node.name):
             code = _BUSY_STATUS.get(job.method)
             if code is None or job.finished:
                 continue
             if any((a.key("Name") or "").lower() == vm.id.lower() for a in job.affected):
                 return [2, code]
+        if self.world.merging(vm.id):
+            return [2, MERGING_DISKS]
         return [2]
 
     def _render_config(self, vm: Vm, cfg: Config, cid: str, vtype: str,
@@ -619,6 +631,7 @@ _TEMPLATES: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 # OperationalStatus[1] while a job works on a VM.
+MERGING_DISKS = 32772  # Msvm_ComputerSystem.OperationalStatus[1] "Merging Disks"
 _BUSY_STATUS: dict[str, int] = {"CreateSnapshot": 32768, "DestroySnapshot": 32770,
                                 "ConvertToReferencePoint": 32772, "ExportSystemDefinition": 32773}
 

@@ -67,6 +67,79 @@ def default_world(root: Path, *, files: bool = True, faults: FaultPlan | None = 
     return w
 
 
+REALISTIC_HOST = "HV-PROD-07"
+#: Hyper-V's own defaults when New-VM gets no -Path: every VM's configuration in one shared folder,
+#: disks in the public documents (Microsoft Learn, "Set-VMHost": VirtualMachinePath, VirtualHardDiskPath).
+PROGRAMDATA_HYPERV = "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V"
+PUBLIC_VHDS = "C:\\Users\\Public\\Documents\\Hyper-V\\Virtual Hard Disks"
+REALISTIC_SWITCHES = ("External Switch (Intel(R) Ethernet Connection I219-LM)", "Default Switch",
+                      "Backup Network \u2013 10 GbE")
+
+
+def realistic_world(root: Path, *, faults: FaultPlan | None = None, disk_size: int = 4 * MiB) -> World:
+    """A standalone host whose VMs are named and placed as real estates have them (issue #9 point 10).
+
+    Names with spaces, brackets, parentheses, a comma, an apostrophe, ``*``, non-ASCII (Latin and
+    CJK); configuration in Hyper-V's shared default folder under ``C:\\ProgramData`` or in a folder
+    path longer than MAX_PATH (260); a VM with twelve disks; switches whose names hold blanks,
+    parentheses and a dash.  ``db[1]`` and ``db1`` both exist so that a name that reads as a
+    pattern must be taken as a name.  Hyper-V VM names may hold any character; file names may not
+    hold ``*``, so the VM ``nightly build*`` keeps its disk under another name, as New-VHD would.
+    """
+    w = World(root, faults=faults)
+    w.add_node(REALISTIC_HOST, build=20348, switches=list(REALISTIC_SWITCHES), default_vm_path=PROGRAMDATA_HYPERV,
+               default_vhd_path=PUBLIC_VHDS)
+    lan, default, backup = REALISTIC_SWITCHES
+    long_root = (PROGRAMDATA_HYPERV + "\\Virtual Machines Storage\\Department of Finance and Controlling (Paris "
+                 "Office)\\Quarterly Reporting and Consolidation Systems\\Production Environment [do not "
+                 "touch]\\Reporting Server for the Consolidated Statements")
+
+    def vhd(folder: str, name: str, fmt: str = "vhdx", controller: str = "scsi") -> DiskSpec:
+        return DiskSpec(f"{folder}\\{name}", fmt=fmt, size=disk_size, controller=controller, fill_ratio=0.2)
+
+    w.add_vm(REALISTIC_HOST, "Web Server (Production) [EU-West]", state="running", root=PROGRAMDATA_HYPERV,
+             switches=[lan, backup], seed=11,
+             disks_=[vhd(PUBLIC_VHDS, "Web Server (Production) [EU-West].vhdx")])
+    w.add_vm(REALISTIC_HOST, "Müller's Büro-PC \u2013 Ärger", generation=1, state="running", switches=[default],
+             seed=12,
+             root="D:\\Hyper-V\\Müller's Büro-PC",
+             disks_=[vhd("D:\\Hyper-V\\Müller's Büro-PC\\Virtual Hard Disks", "Système (C).vhd", fmt="vhd",
+                         controller="ide")])
+    w.add_vm(REALISTIC_HOST, "Finance, Paris", state="off", root=PROGRAMDATA_HYPERV, switches=[lan], seed=13,
+             disks_=[vhd(PUBLIC_VHDS, "Finance, Paris.vhdx")])
+    w.add_vm(REALISTIC_HOST, "db[1]", state="running", root=PROGRAMDATA_HYPERV, switches=[lan], seed=14,
+             disks_=[vhd(PUBLIC_VHDS, "db[1].vhdx")])
+    w.add_vm(REALISTIC_HOST, "db1", state="running", root=PROGRAMDATA_HYPERV, switches=[lan], seed=15,
+             disks_=[vhd(PUBLIC_VHDS, "db1.vhdx")])
+    w.add_vm(REALISTIC_HOST, "nightly build*", state="saved", root=PROGRAMDATA_HYPERV, switches=[default], seed=16,
+             disks_=[vhd(PUBLIC_VHDS, "nightly build.vhdx")])
+    w.add_vm(REALISTIC_HOST, "経理サーバー", state="running", root=PROGRAMDATA_HYPERV, switches=[backup], seed=17,
+             disks_=[vhd(PUBLIC_VHDS, "経理サーバー システム.vhdx")])
+    w.add_vm(REALISTIC_HOST, "Reporting Server for the Consolidated Statements", state="running", switches=[lan],
+             root=long_root, seed=18,
+             disks_=[vhd(long_root + "\\Virtual Hard Disks", "Reporting Server for the Consolidated Statements - "
+                         "operating system and application binaries.vhdx")])
+    archive = "D:\\Archive Storage\\Document Archive"
+    w.add_vm(REALISTIC_HOST, "Document Archive", state="running", switches=[backup], root=archive, seed=19,
+             disks_=[vhd(archive + "\\Virtual Hard Disks", f"archive-volume-{i:02d}.vhdx") for i in range(12)])
+    return w
+
+
+def add_legacy_vm(w: World, name: str = "old2012", *, node: str = NODES[0], state: str = "running",
+                  disk_size: int = 16 * MiB) -> str:
+    r"""A scenario variant: a clustered VM kept at configuration version 5.0 (made on 2012 R2).
+
+    Hyper-V 2016/2019 nodes run it as a 2012 R2 VM (:mod:`hvsim.configversion`): XML configuration
+    with a ``<GUID>`` folder, no RCT, no reference points.  Generation 1 with a VHDX on SCSI (the
+    2012 R2 default layout kept a SCSI controller, which backups need).  Returns the VM's id.
+    """
+    root = f"C:\\ClusterStorage\\Volume1\\{name}"
+    vm = w.add_vm(node, name, generation=1, version="5.0", state=state, clustered=True, root=root,
+                  switches=["External-LAN"], seed=50,
+                  disks_=[DiskSpec(f"{root}\\Virtual Hard Disks\\{name}.vhdx", size=disk_size, fill_ratio=0.2)])
+    return vm.id
+
+
 def build_cluster(w: World, *, name: str = CLUSTER, nodes: int = 2, csvs: int = 2) -> None:
     """Cluster, its nodes (HV01, HV02, HV03...) and CSVs."""
     w.add_cluster(name)

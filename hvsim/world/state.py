@@ -28,10 +28,12 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Callable
 
 from hvsim import disks
-from hvsim.behaviour import WinrmBehaviour
+from hvsim.behaviour import CheckpointBehaviour, WinrmBehaviour
 from hvsim.cim import NS_VIRT, CimRef
+from hvsim.configversion import LegacyBehaviour, config_extension, is_legacy
 from hvsim.faults import FaultPlan
 from hvsim.fs import ClusterFileSystem
+from hvsim.rights import AccountRights
 from hvsim.world.jobs import JobEngine, JobFailure, error_instance
 
 # Msvm_ComputerSystem.EnabledState
@@ -125,6 +127,8 @@ class Node:
     node_id: int = 1
     # how this node's WinRM answers where real hosts differ (hvsim.behaviour)
     winrm: WinrmBehaviour = field(default_factory=WinrmBehaviour)
+    # who the simulation's account is on this node (hvsim.rights): denials on WMI and admin shares
+    rights: AccountRights = field(default_factory=AccountRights)
 
     @property
     def os_caption(self) -> str:
@@ -293,6 +297,10 @@ class Vm:
     current_snapshot: str | None = None
     reference_points: dict[str, ReferencePoint] = field(default_factory=dict)
     guest_vss: bool = True  # integration services backup (volume shadow copy) available in the guest
+    # how this VM's host answers when the guest cannot quiesce, and when merges end (hvsim.behaviour)
+    checkpoints: CheckpointBehaviour = field(default_factory=CheckpointBehaviour)
+    # what the host does with this VM where configuration version 5.0 is not documented (hvsim.configversion)
+    legacy: LegacyBehaviour = field(default_factory=LegacyBehaviour)
     created: _dt.datetime = field(default_factory=utcnow)
     last_change: _dt.datetime = field(default_factory=utcnow)
     state_since: float = field(default_factory=time.monotonic)
@@ -320,6 +328,18 @@ class Vm:
         root = str(self.config.vssd.get("ConfigurationDataRoot") or "")
         rel = str(self.config.vssd.get("ConfigurationFile") or f"Virtual Machines\\{self.id}.vmcx")
         return str(PureWindowsPath(root) / rel)
+
+
+@dataclass
+class PendingMerge:
+    """A differencing disk of a removed checkpoint that Hyper-V is still merging into its parent."""
+
+    vm_id: str
+    rid: str
+    child: str  # host path of the .avhdx (the VM still runs on it)
+    parent: str  # host path it merges into
+    due: float  # world clock time the merge ends
+    polls_left: int  # requests still to answer before it ends (0: time only)
 
 
 @dataclass
@@ -389,6 +409,7 @@ class World:
         self.disk_meta: dict[Path, disks.DiskInfo] = {}
         self.rct_block_size = rct_block_size
         self.rct_max_bytes_per_call = rct_max_bytes_per_call
+        self.merges: list[PendingMerge] = []
         self._mac = 0x0A0000
 
     # ----------------------------------------------------------------- topology
@@ -741,6 +762,12 @@ class World:
             return
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_text(json.dumps(serialise_vm(vm, vm.config, "vm"), indent=1), encoding="utf-8")
+        if is_legacy(vm.version):
+            # 2012 R2 layout (hvsim.configversion): a <GUID> folder next to the .xml for runtime state
+            state_dir = local.parent / vm.id
+            state_dir.mkdir(exist_ok=True)
+            if vm.state in (VM_RUNNING, VM_PAUSED):
+                (state_dir / f"{vm.id}.bin").write_bytes(b"HVSIM-BIN\0" + vm.id.encode("ascii"))
 
     # ------------------------------------------------------------ state changes
     def set_state(self, vm: str, state: str) -> None:
@@ -805,6 +832,11 @@ class World:
                                    if s.host_resource)
                 except ValueError:
                     continue
+            # a merge holds both files, whatever the VM's state
+            for m in self.merges:
+                owner = self.vms.get(m.vm_id)
+                if owner is not None:
+                    out.update(self.key(owner.node, p) for p in (m.child, m.parent))
             return out
 
     # ------------------------------------------------------------- inspection
@@ -826,9 +858,47 @@ class World:
             return [j for j in js if node is None or j.node == node.upper()]
 
     def advance(self) -> None:
-        """Let time-driven state (jobs) catch up with the clock."""
+        """Let time-driven state (jobs, merges) catch up with the clock; one call per request answered."""
         with self.lock:
             self.jobs_engine.advance()
+            self._advance_merges()
+
+    def merging(self, vm_id: str) -> bool:
+        """Whether disks of the VM are still being merged (OperationalStatus 32772)."""
+        with self.lock:
+            return any(m.vm_id.upper() == vm_id.upper() for m in self.merges)
+
+    def finish_merges(self, vm_id: str | None = None) -> None:
+        """Test helper: end every pending merge (of one VM) now."""
+        with self.lock:
+            for m in [m for m in self.merges if vm_id is None or m.vm_id.upper() == vm_id.upper()]:
+                self._end_merge(m)
+
+    def _advance_merges(self) -> None:
+        now = self.clock()
+        for m in list(self.merges):
+            if m.polls_left > 0:
+                m.polls_left -= 1
+                if m.polls_left == 0:
+                    self._end_merge(m)
+                    continue
+            if now >= m.due:
+                self._end_merge(m)
+
+    def _end_merge(self, m: PendingMerge) -> None:
+        """The merge is done: the child is folded into its parent and deleted; the VM runs on the parent."""
+        if m in self.merges:
+            self.merges.remove(m)
+        v = self.vms.get(m.vm_id)
+        if v is None:
+            return
+        self.merge_child(v.node, m.child, m.parent)
+        for cfg in [v.config, *(o.config for o in v.snapshots.values())]:
+            s = cfg.find(m.rid)
+            if s is not None and s.host_resource and s.host_resource[0].lower() == m.child.lower():
+                s.props["HostResource"] = [m.parent]
+        v.last_change = utcnow()
+        self.write_live_config(v)
 
     # ------------------------------------------------------------- checkpoints
     def take_snapshot(self, v: Vm, vtype: str, consistency: int) -> Snapshot:
@@ -878,7 +948,8 @@ class World:
     def _write_snapshot_config(self, v: Vm, snap: Snapshot) -> None:
         root = str(v.config.vssd.get("SnapshotDataRoot") or v.config.vssd.get("ConfigurationDataRoot") or "")
         try:
-            local = self.local(v.node, str(PureWindowsPath(root) / "Snapshots" / f"{snap.id}.vmcx"))
+            local = self.local(v.node, str(PureWindowsPath(root) / "Snapshots"
+                                           / f"{snap.id}{config_extension(v.version)}"))
         except ValueError:
             return
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -893,6 +964,7 @@ class World:
         re-parented to it, as Hyper-V does.  Returns the ranges merged per disk.
         """
         written: dict[str, list[Range]] = {}
+        behaviour = v.checkpoints
         for rid, child in snap.children.items():
             frozen = snap.config.find(rid)
             if frozen is None or not frozen.host_resource:
@@ -901,6 +973,13 @@ class World:
             ckey = self.key(v.node, child)
             written[rid] = list(self.diff_writes.get(ckey, []))
             grandchildren = [k for k, p in self.diff_parent.items() if p == ckey]
+            if behaviour.merge == "async" and not grandchildren:
+                # The checkpoint goes now; its .avhdx stays (the VM keeps writing to it) until
+                # the merge ends (hvsim.behaviour.MERGE).
+                self.merges.append(PendingMerge(
+                    vm_id=v.id, rid=rid, child=child, parent=parent,
+                    due=self.clock() + behaviour.merge_seconds, polls_left=behaviour.merge_polls))
+                continue
             self.merge_child(v.node, child, parent)
             pkey = self.key(v.node, parent)
             for g in grandchildren:
@@ -925,7 +1004,8 @@ class World:
             v.current_snapshot = snap.parent_id
         root = str(v.config.vssd.get("SnapshotDataRoot") or "")
         try:
-            f = self.local(v.node, str(PureWindowsPath(root) / "Snapshots" / f"{snap.id}.vmcx"))
+            name = f"{snap.id}{config_extension(v.version)}"
+            f = self.local(v.node, str(PureWindowsPath(root) / "Snapshots" / name))
             if f.exists():
                 f.unlink()
         except ValueError:
@@ -1003,7 +1083,7 @@ def base_config(vm_id: str, name: str, generation: int, version: str, folder: st
         "CreationTime": utcnow(),
         "ConfigurationID": vm_id,
         "ConfigurationDataRoot": folder,
-        "ConfigurationFile": f"Virtual Machines\\{vm_id}.vmcx",
+        "ConfigurationFile": f"Virtual Machines\\{vm_id}{config_extension(version)}",
         "SnapshotDataRoot": folder,
         "SuspendDataRoot": folder,
         "SwapFileDataRoot": folder,

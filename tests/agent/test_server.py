@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bareos_hyperv.model.options import FilesOptions, JobOptions
 from bareos_hyperv.protocol.framing import ChannelClosed
 from bareos_hyperv.protocol.messages import (
     CloseFile,
@@ -44,10 +45,15 @@ def _read_all(fd: int) -> bytes:
         parts.append(chunk)
 
 
-def _start(agent, kind: JobKind, **options: str):  # type: ignore[no-untyped-def]
+def _files(*paths: str) -> JobOptions:
+    """The typed options of a ``source=files`` job (the fd sends them so)."""
+    return JobOptions(files=FilesOptions(paths=paths))
+
+
+def _start(agent, kind: JobKind, source: str = "files", paths: str = ""):  # type: ignore[no-untyped-def]
     agent.hello()
-    got, _ = agent.ask(StartJob(kind=kind, source=options.pop("source", "files"), jobid=1, job_name="t",
-                                options=options))
+    got, _ = agent.ask(StartJob(kind=kind, source=source, jobid=1, job_name="t",
+                                options=_files(paths) if paths else JobOptions()))
     return got[-1]
 
 
@@ -111,7 +117,7 @@ def test_requests_out_of_order_get_protocol_errors(spawn_agent: AgentFactory, tm
     reply = agent.ask(ListFiles())[0][-1]
     assert isinstance(reply, ErrorReply) and "StartJob missing" in reply.message
     (tmp_path / "f").write_bytes(b"1")
-    agent.ask(StartJob(kind=JobKind.BACKUP, source="files", jobid=1, job_name="t", options={"paths": str(tmp_path)}))
+    agent.ask(StartJob(kind=JobKind.BACKUP, source="files", jobid=1, job_name="t", options=_files(str(tmp_path))))
     reply = agent.ask(OpenFile(name="@files/etc/passwd"))[0][-1]
     assert isinstance(reply, ErrorReply) and reply.kind == "protocol"
 
@@ -197,7 +203,7 @@ def test_passwords_are_redacted_from_errors(spawn_agent: AgentFactory, tmp_path:
     agent = spawn_agent()
     agent.hello()
     start = StartJob(kind=JobKind.BACKUP, source="files", jobid=1, job_name="t",
-                     options={"paths": f"{tmp_path}/{SECRET}"}, credentials=WireCredentials("u", SECRET))
+                     options=_files(f"{tmp_path}/{SECRET}"), credentials=WireCredentials("u", SECRET))
     agent.ask(start)
     reply = agent.ask(ListFiles())[0][-1]
     assert isinstance(reply, ErrorReply) and SECRET not in reply.message and "***" in reply.message

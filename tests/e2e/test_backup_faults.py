@@ -189,12 +189,12 @@ def test_hyper_v_job_failure_at_the_reference_point_fails_the_job_and_destroys_t
     assert not any(n.endswith("/SHA256SUMS") for n in names)
 
 
-@pytest.mark.parametrize(("nth", "method"), [(3, "CreateSnapshot"), (5, "ExportSystemDefinition")])
+@pytest.mark.parametrize(("nth", "method"), [(1, "CreateSnapshot"), (5, "ExportSystemDefinition")])
 def test_dropped_winrm_connection_after_the_host_acted_fails_the_job_and_cleans_up(
         estate: Any, nth: int, method: str) -> None:
     # The host carries the call out but the answer never arrives (the worst case: the agent cannot
-    # know the outcome).  Invokes before: one per disk (GetVirtualHardDiskSettingData), then
-    # CreateSnapshot, the checkpoint's renaming, the export.
+    # know the outcome).  Invokes: CreateSnapshot, the checkpoint's renaming, one per disk file the
+    # checkpoint froze (GetVirtualHardDiskSettingData), the export.
     rule = estate.sim.faults.add(F.DROP_CONNECTION, "Invoke", nth=nth, dispatch=True)
     job = estate.backup(host="HVCLUSTER01", vm="web01")
     assert rule.fired == 1

@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from bareos_hyperv.fd.options import PluginOptions
+from bareos_hyperv.model.options import HostEndpoint
 from fdsim.dirconf import bconsole_pluginoptions, fileset_plugin_strings
 from fdsim.plugstring import PluginStringError, is_python_plugin, merge_override, parse_definition
 
@@ -75,11 +76,12 @@ def test_the_cluster_example_means_what_it_says() -> None:
     (plugin,) = [p for p in _fileset_strings() if "host_map" in p]
     definition = parse_definition(plugin)
     assert definition is not None
-    sent = _options(definition.options).for_agent()
-    assert sent["host_map"] == "HV01=10.0.0.5:5985,HV02=10.0.0.6:5985"
-    assert sent["smb_host_map"] == "HV01=10.0.0.5:445,HV02=10.0.0.6:445"
-    assert sent["staging_path"] == "C:\\ClusterStorage\\Volume1\\bareos-staging"
-    assert sent["vm"] == "web01,db01" and sent["credentials_file"] == "/etc/bareos/hyperv.cred"
+    sent = _options(definition.options).job_options()  # what the agent receives, typed
+    assert sent.connection.host_map == (HostEndpoint("HV01", "10.0.0.5", 5985), HostEndpoint("HV02", "10.0.0.6", 5985))
+    assert sent.connection.smb_host_map == (HostEndpoint("HV01", "10.0.0.5", 445),
+                                            HostEndpoint("HV02", "10.0.0.6", 445))
+    assert sent.backup is not None and sent.backup.staging_path == "C:\\ClusterStorage\\Volume1\\bareos-staging"
+    assert sent.backup.vms == ("web01", "db01") and sent.credentials_file == "/etc/bareos/hyperv.cred"
 
 
 @pytest.mark.parametrize("command", _bconsole_commands())
@@ -130,7 +132,7 @@ def test_the_table_spellings(description: str, write: str, wrong: str) -> None:
         (plugin,) = fileset_plugin_strings(_fileset(option, write, last))
         definition = parse_definition(plugin)
         assert definition is not None
-        assert _options(definition.options).for_agent()[option] == CANONICAL[option]
+        assert _options(definition.options).get(option) == CANONICAL[option]
 
     # The old advice: a ':' escaped as '\:', backslashes as they are.  The director drops them.
     old = wrong.replace(":", "\\:")
@@ -171,7 +173,7 @@ def test_the_double_backslash_spelling_still_works() -> None:
     (plugin,) = fileset_plugin_strings(_fileset("host_map", "HV01=10.0.0.5\\\\:5985", last=True))
     definition = parse_definition(plugin)
     assert definition is not None
-    assert _options(definition.options).for_agent()["host_map"] == "HV01=10.0.0.5:5985"
+    assert _options(definition.options).job_options().connection.host_map == (HostEndpoint("HV01", "10.0.0.5", 5985),)
     (plugin,) = fileset_plugin_strings(_fileset("restore_disk_map", "SCSI 0\\\\:1=C$/VMs", last=True))
     definition = parse_definition(plugin)
     assert definition is not None

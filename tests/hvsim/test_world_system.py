@@ -167,12 +167,12 @@ def test_unsupported_configuration_version(world: World, clock: Clock) -> None:
     hv01 = NodeRepository(world, "HV01")
     assert _export(hv01, clock, "old50", "C:\\ClusterStorage\\Volume1\\x").get("JobState") == 7
     st = NodeRepository(world, "HVSTANDALONE01")
-    src = world.local("HV01", f"C:\\ClusterStorage\\Volume1\\x\\Virtual Machines\\{old.id}.vmcx")
-    dst = world.local("HVSTANDALONE01", f"D:\\r\\Virtual Machines\\{old.id}.vmcx")
+    src = world.local("HV01", f"C:\\ClusterStorage\\Volume1\\x\\Virtual Machines\\{old.id}.xml")
+    dst = world.local("HVSTANDALONE01", f"D:\\r\\Virtual Machines\\{old.id}.xml")
     dst.parent.mkdir(parents=True)
     dst.write_bytes(src.read_bytes())
     out = ok(st, clock, service(st, VSMS), "ImportSystemDefinition",
-             SystemDefinitionFile=f"D:\\r\\Virtual Machines\\{old.id}.vmcx", GenerateNewSystemIdentifier=True)
+             SystemDefinitionFile=f"D:\\r\\Virtual Machines\\{old.id}.xml", GenerateNewSystemIdentifier=True)
     planned_ref = out.out["ImportedSystem"]
     assert planned_ref.key("Name") != old.id
     _, job = call(st, clock, service(st, VSMS), "RealizePlannedSystem", PlannedSystem=planned_ref)

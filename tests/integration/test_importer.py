@@ -258,7 +258,7 @@ def test_validate_names_each_problem_with_its_message_id_and_settings(conn: Conn
     _export(conn.client("HV01"), "big50", f"{VOL1}\\Stage\\big50")
     _copy(world, "HV01", f"{VOL1}\\Stage\\big50", STANDALONE, "D:\\Restore\\big50")
     st = _importer(conn, STANDALONE)
-    planned = st.import_definition(f"D:\\Restore\\big50\\Virtual Machines\\{big.id}.vmcx", new_id=False)
+    planned = st.import_definition(f"D:\\Restore\\big50\\Virtual Machines\\{big.id}.xml", new_id=False)
 
     problems = st.validate(planned)
     by_id = {p.message_id: p for p in problems}

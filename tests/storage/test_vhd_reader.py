@@ -43,8 +43,10 @@ from bareos_hyperv.storage.vhd import (
     VhdTruncatedError,
     VhdUnsupportedError,
     VirtualDisk,
+    locate_parent,
     open_disk,
     open_file,
+    parent_candidates,
     resolve_chain,
 )
 from bareos_hyperv.storage.vhd.structures import (
@@ -340,6 +342,7 @@ def build_vhd_diff(
     partial: Mapping[int, Tuple[bytes, Set[int]]],
     block_size: int = 2 * MiB,
     unique_id: uuid.UUID | None = None,
+    parent_name: str = "parent.vhd",
 ) -> bytearray:
     """A differencing VHD: footer copy, dynamic header, BAT, locator data, blocks with MSB-first bitmaps."""
     blocks = -(-virtual_size // block_size)
@@ -388,7 +391,7 @@ def build_vhd_diff(
         max_table_entries=blocks,
         block_size=block_size,
         parent_unique_id=parent_unique_id,
-        parent_unicode_name="parent.vhd",
+        parent_unicode_name=parent_name,
         parent_locators=tuple(loc_entries),
     ).with_checksum()
     out = bytearray(pos + 512)
@@ -791,6 +794,69 @@ def test_vhd_differencing_chain(tmp_path: Path) -> None:
     child_path.write_bytes(build_vhd_diff(6 * MiB, uuid.uuid4(), {b"W2ru": "base.vhd"}, {}))
     with pytest.raises(VhdChainError, match="UniqueId"):
         resolve_chain(open_file, str(child_path))
+
+
+def test_vhd_parent_found_by_its_unicode_name_when_the_locators_lead_nowhere(tmp_path: Path) -> None:
+    """Issue #9 point 11: a chain copied by hand keeps the parent's name, not its locator paths."""
+    folder = tmp_path / "moved"
+    folder.mkdir()
+    parent_path = _qemu_create(folder / "base.vhd", "vpc", 2 * MiB, "subformat=dynamic,force_size=on",
+                               [(0x5A, 0, 2 * MiB)])
+    with open_file(parent_path) as parent:
+        parent_id = parent.layout.virtual_disk_id
+    assert parent_id is not None
+    stale = {b"W2ru": ".\\old\\base-2019.vhd", b"W2ku": "E:\\Hyper-V\\old\\base-2019.vhd"}
+    child_path = folder / "child.avhd"
+    child_path.write_bytes(build_vhd_diff(2 * MiB, parent_id, stale, {}, parent_name="base.vhd"))
+    with resolve_chain(open_file, str(child_path)) as chain:
+        assert list(chain.paths) == [str(child_path), str(parent_path)]
+        assert chain.read_virtual(0, 4096) == b"\x5a" * 4096
+    assert locate_parent(open_file, str(child_path)) == str(parent_path)
+    # The name as written, when it is a full path (the parent lives elsewhere).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / "golden.vhd"
+    parent_path.rename(moved)
+    child_path.write_bytes(build_vhd_diff(2 * MiB, parent_id, stale, {}, parent_name=str(moved)))
+    assert locate_parent(open_file, str(child_path)) == str(moved)
+    # A same-named file of another identity next to the child is skipped for the right one.
+    _qemu_create(folder / "golden.vhd", "vpc", 2 * MiB, "subformat=dynamic,force_size=on", [])
+    assert locate_parent(open_file, str(child_path)) == str(moved)
+    # Nowhere: the error names every path tried, locators first, then the names.
+    moved.unlink()
+    (folder / "golden.vhd").unlink()
+    with pytest.raises(VhdChainError, match="parent disk not found") as info:
+        resolve_chain(open_file, str(child_path))
+    text = str(info.value)
+    for tried in (str(folder / "old" / "base-2019.vhd"),
+                  "E:\\Hyper-V\\old\\base-2019.vhd", str(folder / "golden.vhd"), str(moved),
+                  str(folder / "base-2019.vhd")):
+        assert tried in text, (tried, text)
+    assert "Set-VHD -ParentPath" in text
+
+
+def test_vhdx_parent_found_by_the_file_name_of_its_locator_next_to_the_child(tmp_path: Path) -> None:
+    parent_path = _parent_vhdx(tmp_path)
+    with open_file(parent_path) as parent:
+        linkage = str(parent.layout.data_write_guid)
+    spec = VhdxSpec(
+        virtual_size=4 * MiB,
+        locator={
+            "parent_linkage": "{" + linkage + "}",
+            "relative_path": "..\\Old Folder\\parent.vhdx",
+            "absolute_win32_path": "\\\\?\\E:\\Old Folder\\parent.vhdx",
+        },
+    )
+    child_path = tmp_path / "c.avhdx"
+    child_path.write_bytes(build_vhdx(spec))
+    assert parent_candidates(str(child_path), open_file(child_path).layout.parent_locator)[-1] == str(parent_path)
+    with resolve_chain(open_file, str(child_path)) as chain:
+        assert chain.paths[1] == str(parent_path)
+        assert chain.read_virtual(0, 4096) == b"\x77" * 4096
+    parent_path.unlink()
+    with pytest.raises(VhdChainError, match="parent disk not found") as info:
+        locate_parent(open_file, str(child_path))
+    assert "E:\\Old Folder\\parent.vhdx" in str(info.value) and str(parent_path) in str(info.value)
 
 
 def test_zero_and_unmapped_states_read_as_zeros() -> None:

@@ -22,7 +22,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "errors": (set(), set()),
     "model": ({"errors", "model"}, set()),
     "protocol": ({"errors", "model", "protocol"}, set()),
-    "fd": ({"protocol", "errors", "fd"}, {"bareosfd", "BareosFdPluginBaseclass", "BareosFdWrapper"}),
+    "fd": ({"protocol", "model", "errors", "fd"}, {"bareosfd", "BareosFdPluginBaseclass", "BareosFdWrapper"}),
     "wsman": ({"errors", "model", "wsman"}, {"winrm", "lxml", "requests", "urllib3", "spnego"}),
     "hyperv": ({"wsman", "model", "errors", "hyperv"}, set()),
     # cryptography: smb.py verifies signatures and decrypts SMB3 messages itself on the hot path.

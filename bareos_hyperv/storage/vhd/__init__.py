@@ -33,8 +33,10 @@ from bareos_hyperv.storage.vhd.reader import (
     VhdTruncatedError,
     VhdUnsupportedError,
     VirtualDisk,
+    locate_parent,
     open_disk,
     open_file,
+    parent_candidates,
     resolve_chain,
 )
 from bareos_hyperv.storage.vhd.structures import PayloadBlockState, SectorBitmapState
@@ -68,7 +70,9 @@ __all__ = [
     "VhdUnsupportedError",
     "VirtualDisk",
     "crc32c",
+    "locate_parent",
     "open_disk",
     "open_file",
+    "parent_candidates",
     "resolve_chain",
 ]

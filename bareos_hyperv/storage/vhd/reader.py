@@ -107,8 +107,10 @@ __all__ = [
     "VhdTruncatedError",
     "VhdUnsupportedError",
     "VirtualDisk",
+    "locate_parent",
     "open_disk",
     "open_file",
+    "parent_candidates",
     "resolve_chain",
 ]
 
@@ -649,6 +651,10 @@ class _Backend:
     def bitmap_range(self, block: int) -> FileRange | None:
         raise NotImplementedError
 
+    def bitmap_blocks(self) -> List[FileRange]:
+        """File ranges of the sector-bitmap blocks the table marks present (VHDX only)."""
+        return []
+
 
 class _FixedVhdBackend(_Backend):
     def __init__(self, virtual_size: int) -> None:
@@ -938,6 +944,24 @@ class _VhdxBackend(_Backend):
         nsectors = _ceil_div(min(self.unit, self.virtual_size - block * self.unit), self.sector_size)
         bitmap = self.ctx.read(rng.offset, _ceil_div(nsectors, 8), "VHDX sector bitmap")
         return list(_bitmap_runs(bitmap, nsectors, msb_first=False))
+
+    def bitmap_blocks(self) -> List[FileRange]:
+        out: List[FileRange] = []
+        for chunk in range(_ceil_div(self.block_count, self.chunk_ratio)):
+            index = chunk * (self.chunk_ratio + 1) + self.chunk_ratio
+            if index >= self.bat_entries:
+                break
+            value = self._entry(index)
+            state = value & BAT_STATE_MASK
+            if state == SectorBitmapState.PRESENT:
+                offset = value & BAT_FILE_OFFSET_MASK
+                self._check_block("sector bitmap", index, offset, VHDX_SECTOR_BITMAP_BLOCK_SIZE)
+                out.append(FileRange(offset, VHDX_SECTOR_BITMAP_BLOCK_SIZE, f"sector bitmap block {chunk}"))
+            elif state != SectorBitmapState.NOT_PRESENT:
+                raise self.ctx.fail(
+                    VhdCorruptError, f"sector bitmap BAT entry {index} has invalid state {state}", bat_index=index
+                )
+        return out
 
 
 # -- VHDX parsing ---------------------------------------------------------------------------------
@@ -1617,6 +1641,33 @@ class VirtualDisk:
             )
         return self._backend.bitmap_runs(block)
 
+    def referenced_ranges(self) -> List[FileRange]:
+        """Every file range the disk's own tables point at, merged and sorted.
+
+        That is the headers, log, region table, BAT and metadata region (VHDX), the footer, its
+        copy, the dynamic header, BAT and parent locators (VHD), and each payload block the BAT
+        marks present with its sector bitmap.  The rest of the file (blocks that were trimmed or
+        unmapped, free space a writer left) is never read by anyone: a sparse full backup skips
+        it and its restore leaves zeros there.  A fixed disk is referenced whole.
+        """
+        lay = self.layout
+        if lay.disk_type is DiskType.FIXED:
+            return [FileRange(0, lay.file_size, "whole file")]
+        out: List[FileRange] = list(lay.metadata_ranges)
+        out += self._backend.bitmap_blocks()
+        unit = self._backend.unit
+        for run in self._backend.runs(0, lay.block_count):
+            if run.kind not in (BlockKind.FULL, BlockKind.PARTIAL):
+                continue
+            for block in range(run.first, run.first + run.nblocks):
+                length = min(unit, lay.virtual_size - block * unit)
+                out.append(FileRange(run.file_offset + (block - run.first) * unit, length, f"block {block}"))
+                if lay.format is DiskFormat.VHD:  # every VHD block is preceded by its sector bitmap
+                    bitmap = self._backend.bitmap_range(block)
+                    if bitmap is not None:
+                        out.append(bitmap)
+        return _merge_file_ranges(out)
+
     def map_virtual_ranges(self, ranges: Iterable[Tuple[int, int]]) -> Iterator[MappedBlock]:
         """Blocks touched by the virtual byte ``ranges`` ``(offset, length)`` (e.g. from RCT), each
         once and in order, with the file ranges (payload, sector bitmap) that hold them."""
@@ -1820,9 +1871,40 @@ def _norm_path(path: str) -> str:
     return posixpath.normpath(path)
 
 
-def _candidate_paths(child_path: str, locator: ParentLocator) -> List[str]:
+def _is_windows_path(path: str) -> bool:
+    return "\\" in path or (len(path) > 1 and path[1] == ":")
+
+
+def _next_to(child_path: str, name: str) -> str:
+    """``name`` in the child's folder (Windows or POSIX syntax, as the child's path is written)."""
+    if _is_windows_path(child_path):
+        return ntpath.join(ntpath.dirname(child_path), name)
+    return posixpath.join(posixpath.dirname(child_path), name)
+
+
+def _file_name(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent_candidates(child_path: str, locator: ParentLocator) -> List[str]:
+    """Where a differencing disk's parent may be, in the order to try.
+
+    First the locator paths (relative path resolved against the child's folder: it survives
+    moves; then the absolute and volume paths).  When none of them leads to the parent (a VM
+    moved or copied by hand, a chain made by another tool), the parent's own name: a VHD's
+    header holds the parent's Unicode name (``Parent Unicode Name``, VHD specification "Dynamic
+    Disk Header"), tried next to the child and, when it is a full path, as written; a VHDX has no
+    such field ([MS-VHDX] 2.6.2.6 lists only locator paths), so the file name of each locator path
+    is tried next to the child.  Windows itself looks only at the locators (the child then fails
+    to open), so these are the places a user who copied the files keeps them.
+    """
     out: List[str] = []
-    windows_child = "\\" in child_path or (len(child_path) > 1 and child_path[1] == ":")
+
+    def add(value: str) -> None:
+        if value and value not in out:
+            out.append(value)
+
+    windows_child = _is_windows_path(child_path)
     for key in ("relative_path", "absolute_win32_path", "volume_path"):
         value = locator.entries.get(key)
         if not value:
@@ -1834,9 +1916,86 @@ def _candidate_paths(child_path: str, locator: ParentLocator) -> List[str]:
                 value = posixpath.normpath(
                     posixpath.join(posixpath.dirname(child_path), value.replace("\\", "/"))
                 )
-        if value not in out:
-            out.append(value)
+        add(value)
+    name = (locator.parent_name or "").strip()
+    if name:
+        add(_next_to(child_path, _file_name(name)))
+        if _is_windows_path(name) or name.startswith("/"):
+            add(name)
+    for key in ("relative_path", "absolute_win32_path", "volume_path"):
+        value = locator.entries.get(key)
+        if value and _file_name(value):
+            add(_next_to(child_path, _file_name(value)))
     return out
+
+
+_candidate_paths = parent_candidates
+
+
+def _find_parent(
+    open_fn: Callable[[str], VirtualDisk],
+    child: VirtualDisk,
+    child_path: str,
+    candidates: Sequence[str],
+    *,
+    in_chain: Callable[[str], bool],
+    chain_text: str,
+) -> Tuple[VirtualDisk, str]:
+    """Open the first candidate that exists and is the child's parent; the error names every path tried.
+
+    A file that exists but is not the parent (another identity or format) is skipped: a later
+    candidate may be the right one; if none is, the first such refusal is raised.
+    """
+    tried: List[str] = []
+    refused: VhdChainError | None = None
+    for candidate in candidates:
+        if in_chain(candidate):
+            raise VhdChainError(
+                child_path,
+                f"differencing chain loops: parent {candidate} is already in the chain",
+                context={"chain": chain_text},
+            )
+        tried.append(candidate)
+        try:
+            parent = open_fn(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            _check_linkage(child, child_path, parent, candidate)
+        except VhdChainError as exc:
+            refused = refused or exc
+            continue
+        return parent, candidate
+    if refused is not None:
+        if len(tried) > 1:
+            refused.context["tried"] = ", ".join(tried)
+        raise refused
+    raise VhdChainError(
+        child_path,
+        "parent disk not found (tried: " + ", ".join(tried or ["no locator path"]) + ")",
+        what_to_do="put the parent disk next to the child under the name it had, or reconnect the chain "
+        "on the host (Set-VHD -ParentPath, or Edit Disk > Reconnect in Hyper-V Manager)",
+    )
+
+
+def locate_parent(open_fn: Callable[[str], VirtualDisk], child_path: str) -> str:
+    """The path of a differencing disk's parent (:func:`parent_candidates`, identity checked).
+
+    ``open_fn`` opens one file (``FileNotFoundError`` for a missing one).  Raises
+    :class:`VhdChainError` naming every path tried when none is the parent, and
+    :class:`VhdError` when the child cannot be read or is not a differencing disk.
+    """
+    child = open_fn(child_path)
+    try:
+        locator = child.layout.parent_locator
+        if not child.is_differencing or locator is None:
+            raise VhdChainError(child_path, "is not a differencing disk, so it has no parent")
+        parent, parent_path = _find_parent(open_fn, child, child_path, parent_candidates(child_path, locator),
+                                           in_chain=lambda _p: False, chain_text=child_path)
+        parent.close()
+        return parent_path
+    finally:
+        child.close()
 
 
 def resolve_chain(
@@ -1850,12 +2009,12 @@ def resolve_chain(
 
     ``open_fn(path)`` opens one file (raising ``OSError``/``FileNotFoundError`` for a missing one,
     so the next candidate is tried).  ``candidates(child_path, locator)`` lists parent paths to
-    try (default: relative path resolved against the child's directory, then the absolute and
-    volume paths).  Refuses cycles (same path or same DataWriteGuid/UniqueId seen twice), parent
+    try (default :func:`parent_candidates`: the locator paths, then the parent's name next to the
+    child).  Refuses cycles (same path or same DataWriteGuid/UniqueId seen twice), parent
     identity that does not match the child's linkage, format changes, and chains deeper than
-    ``max_depth``.
+    ``max_depth``; a missing parent is an error naming every path tried.
     """
-    pick = candidates or _candidate_paths
+    pick = candidates or parent_candidates
     disks: List[VirtualDisk] = []
     paths: List[str] = []
     seen_paths: Set[str] = set()
@@ -1888,29 +2047,9 @@ def resolve_chain(
             locator = child.layout.parent_locator
             if locator is None:  # pragma: no cover - the parsers always set it for differencing disks
                 raise VhdChainError(child_path, "differencing disk without parent locator")
-            tried: List[str] = []
-            parent: VirtualDisk | None = None
-            parent_path = ""
-            for candidate in pick(child_path, locator):
-                if _norm_path(candidate) in seen_paths:
-                    raise VhdChainError(
-                        child_path,
-                        f"differencing chain loops: parent {candidate} is already in the chain",
-                        context={"chain": " <- ".join(paths)},
-                    )
-                tried.append(candidate)
-                try:
-                    parent = open_fn(candidate)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                parent_path = candidate
-                break
-            if parent is None:
-                raise VhdChainError(
-                    child_path,
-                    "parent disk not found (tried: " + ", ".join(tried or ["no locator path"]) + ")",
-                )
-            _check_linkage(child, child_path, parent, parent_path)
+            parent, parent_path = _find_parent(open_fn, child, child_path, pick(child_path, locator),
+                                               in_chain=lambda p: _norm_path(p) in seen_paths,
+                                               chain_text=" <- ".join(paths))
             remember(parent, parent_path)
     except BaseException:
         for disk in disks:

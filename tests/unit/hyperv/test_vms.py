@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from bareos_hyperv.hyperv import constants as C
-from bareos_hyperv.hyperv.vms import AmbiguousVmName, VmNotFound, VmSettings, VmSummary, normalise, select_vms
+from bareos_hyperv.hyperv.vms import (
+    AmbiguousVmName,
+    VmNotFound,
+    VmSettings,
+    VmSummary,
+    normalise,
+    select_vms,
+)
 from bareos_hyperv.model.host import Switch
+from bareos_hyperv.model.options import split_names
 from bareos_hyperv.model.vm import ControllerKind, DriveKind, Generation, PowerState, VmRef
 from bareos_hyperv.wsman.cim import CimInstance, EndpointReference
 
@@ -43,6 +51,49 @@ def test_nothing_matching_is_an_error_naming_the_item(wanted: list[str]) -> None
     with pytest.raises(VmNotFound) as info:
         select_vms(VMS, wanted)
     assert wanted[0] in str(info.value)
+
+
+G4 = "44444444-4444-4444-8444-444444444444"
+G5 = "55555555-5555-4555-8555-555555555555"
+G6 = "66666666-6666-4666-8666-666666666666"
+ODD = [_vm(G1, "web[1]"), _vm(G2, "web1"), _vm(G3, "Finance, Paris"), _vm(G4, "test*"), _vm(G5, "testing"),
+       _vm(G6, "Café Müller")]
+
+
+def test_split_names_keeps_escaped_commas_and_backslashes() -> None:
+    assert split_names("web01, db01 ,,") == ("web01", "db01")
+    assert split_names(r"Finance\, Paris,web01") == ("Finance, Paris", "web01")
+    assert split_names(r"a\\b,c\d") == ("a\\b", "c\\d")
+    assert split_names("") == ()
+
+
+def test_an_exact_name_wins_over_a_pattern() -> None:
+    # 'web[1]' as a pattern would match web1; the VM named 'web[1]' is meant.
+    assert [v.ref.guid for v in select_vms(ODD, ["web[1]"])] == [G1]
+    assert [v.ref.guid for v in select_vms(ODD, ["TEST*"])] == [G4]
+    assert [v.ref.guid for v in select_vms(ODD, ["finance, paris"])] == [G3]
+    # Unicode: NFD input (as some tools write it) names the NFC name.
+    assert [v.ref.guid for v in select_vms(ODD, ["Cafe\u0301 mu\u0308ller"])] == [G6]
+    # A pattern still works when no VM has that name, and exclusions follow the same rule.
+    assert [v.ref.guid for v in select_vms(ODD, ["web?"])] == [G2]
+    assert [v.ref.guid for v in select_vms(ODD, ["test*ing"])] == [G5]
+    assert [v.ref.guid for v in select_vms(ODD, ["t*"], ["test*"])] == [G5]
+    assert [v.ref.guid for v in select_vms(ODD, ["w*"], ["web[1]"])] == [G2]
+
+
+def test_no_match_names_the_pattern_characters_and_the_guid() -> None:
+    with pytest.raises(VmNotFound) as info:
+        select_vms(ODD, ["db[2]"], where="HV01")
+    text = str(info.value)
+    assert "db[2]" in text and "[...]" in text and "*" in text and "?" in text and "GUID" in text
+
+
+def test_a_comma_that_split_a_name_is_pointed_out() -> None:
+    with pytest.raises(VmNotFound) as info:
+        select_vms(ODD, split_names("Finance, Paris"))
+    text = str(info.value)
+    assert "no VM matches 'Finance'" in text and "'Finance' and 'Paris' together" in text and G3 in text
+    assert "\\\\," in text  # how to write it in bareos-dir.conf
 
 
 def _path(cls: str, **keys: str) -> str:

@@ -38,6 +38,10 @@ def test_the_design_layout() -> None:
     assert delta.path == "@hyperv/hv01/web01/disks/3-data.avhdx+I+4711"
     assert delta.relative == "disks/3-data.avhdx+I+4711"
     assert str(delta) == delta.path
+    sparse = SaveSetPath.sparse("hv01", "web01", 1, "data.vhdx")
+    assert sparse.relative == "disks/1-data.vhdx+S" and parse_path(sparse.path).kind is EntryKind.SPARSE
+    # A file named like the marker is escaped, so it never reads as a sparse full.
+    assert parse_path(SaveSetPath.disk("hv01", "web01", 1, "data.vhdx+S").path).kind is EntryKind.DISK
 
 
 @pytest.mark.parametrize(
@@ -74,6 +78,7 @@ def test_every_path_parses_back_to_what_built_it(
         SaveSetPath.config(scope, vm, file, vm_guid=guid),
         SaveSetPath.disk(scope, vm, index, file, vm_guid=guid),
         SaveSetPath.delta(scope, vm, index, file, job_id=job, vm_guid=guid),
+        SaveSetPath.sparse(scope, vm, index, file, vm_guid=guid),
     ]
     for entry in built:
         path = entry.path
