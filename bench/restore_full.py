@@ -13,8 +13,11 @@ data.  The VM is backed up once through fdsim; then, each run:
 
 The product's rate is the disk's bytes over the agent's seconds from the pipe's open to the file's
 end (the agent's ``written to ... MB/s`` line); the job's wall time (planning, import) is reported
-beside it.  MB/s = 10^6 bytes/s; medians of ``--runs``.  The password reaches ``smbclient`` through a
-0600 authentication file, never its argv.
+beside it.  CPU seconds per GiB are reported per party (load-independent, unlike rates on a busy
+machine): the writing client (``smbclient``, or the agent process), smbd (the server's parent
+process accumulates its per-connection children), and this process (the emulated fd core that
+feeds the plugin's pipe, plus the simulator).  MB/s = 10^6 bytes/s; medians of ``--runs``.  The
+password reaches ``smbclient`` through a 0600 authentication file, never its argv.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from bench.backup_full import VM_BIG, VM_SMALL, Bench, _authfile, build_world, disk_of, peak_rss_kib, rate, warm
 from fdsim.fd import JobResult
@@ -48,31 +52,67 @@ class RestoreFigures:
     agent_mbs: float
     job_seconds: float
     agent_hwm_kib: int
+    cpu: Dict[str, float]
 
 
-def run_smbclient_put(port: int, authfile: Path, local: Path, share_path: str) -> float:
-    """MB/s of ``smbclient put`` of a local file to the share (then removed)."""
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: Optional[int]) -> float:
+    """CPU seconds of ``pid`` and its reaped children (utime, stime, cutime, cstime)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / _HZ
+
+
+def cpu_now(smbd_pid: Optional[int]) -> Dict[str, float]:
+    """Cumulative CPU seconds: this process, its reaped children (agent, smbclient), smbd."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"core": me.ru_utime + me.ru_stime, "client": kids.ru_utime + kids.ru_stime,
+            "smbd": _proc_cpu(smbd_pid)}
+
+
+def cpu_since(before: Dict[str, float], smbd_pid: Optional[int], size: int) -> Dict[str, float]:
+    """CPU seconds per GiB of each party since ``before``."""
+    time.sleep(0.5)  # smbd reaps the connection's process (and adds its CPU) after the client left
+    now = cpu_now(smbd_pid)
+    return {k: (now[k] - before[k]) / (size / (1 << 30)) for k in now}
+
+
+def run_smbclient_put(port: int, authfile: Path, local: Path, share_path: str,
+                      smbd_pid: Optional[int] = None) -> Tuple[float, Dict[str, float]]:
+    """MB/s and CPU s/GiB of ``smbclient put`` of a local file to the share (then removed)."""
     put = ["smbclient", "//127.0.0.1/D$", "-p", str(port), "-A", str(authfile), "-m", "SMB3",
            "-c", f'put "{local}" "{share_path}"']
+    before = cpu_now(smbd_pid)
     t0 = time.perf_counter()
     res = subprocess.run(put, capture_output=True, text=True, check=False)
     dt = time.perf_counter() - t0
+    cpu = cpu_since(before, smbd_pid, local.stat().st_size)
     if res.returncode != 0:
         raise RuntimeError(f"smbclient put failed: {res.stdout}{res.stderr}")
     subprocess.run(["smbclient", "//127.0.0.1/D$", "-p", str(port), "-A", str(authfile), "-m", "SMB3",
                     "-c", f'del "{share_path}"'], capture_output=True, check=False)
-    return rate(local.stat().st_size, dt)
+    return rate(local.stat().st_size, dt), cpu
 
 
-def restore(bench: Bench, name: str) -> RestoreFigures:
+def restore(bench: Bench, name: str, smbd_pid: Optional[int] = None, size: int = 1) -> RestoreFigures:
     """Restore the big VM as a copy named ``name``; the copy and its disk are removed afterwards."""
     world = bench.sim.world
+    before = cpu_now(smbd_pid)
     t0 = time.perf_counter()
     job: JobResult = bench.fd.restore(
         None, where="/", pluginoptions=f"python3:restore_new_id=yes:restore_vm_name={name}:restore_vm={VM_BIG}",
         plugin_dir=str(Path(__file__).resolve().parents[1] / "packaging"),
         extra_sys_path=[str(Path(__file__).resolve().parents[1])])
     seconds = time.perf_counter() - t0
+    cpu = cpu_since(before, smbd_pid, size)
     if job.status != "T":
         raise RuntimeError(f"restore ended with status {job.status}:\n{job.log()}")
     text = "\n".join(job.texts())
@@ -82,7 +122,7 @@ def restore(bench: Bench, name: str) -> RestoreFigures:
         raise RuntimeError(f"no disk rate in the job log:\n{job.log()}")
     size = int(float(written.group(2)) * MiB)
     figures = RestoreFigures(agent_mbs=rate(size, float(written.group(3))), job_seconds=seconds,
-                             agent_hwm_kib=int(hwm.group(1)) if hwm else 0)
+                             agent_hwm_kib=int(hwm.group(1)) if hwm else 0, cpu=cpu)
     vm = world.vm(name)
     for s in vm.config.vhds():
         world.local(vm.node, s.host_resource[0]).unlink()
@@ -106,6 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = args.size_mib * MiB
     product: List[RestoreFigures] = []
     tools: Dict[str, List[float]] = {"smbclient put": []}
+    put_cpu: List[Dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-restore-", dir=os.environ.get("BENCH_TMPDIR")) as tmpdir:
         tmp = Path(tmpdir)
         print(f"creating the estate ({args.size_mib} MiB disk) ...", flush=True)
@@ -123,11 +164,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             target = str(PureWindowsPath(disk_of(world, VM_BIG)).relative_to("D:\\").parent / "put-copy.vhdx")
             assert sim.samba is not None
             port = sim.samba.servers[STANDALONE].port
+            smbd_pid = sim.samba.servers[STANDALONE].pid
             with _authfile(tmp, sim.user, sim.password) as authfile:
                 for run in range(args.runs):
                     warm(image)
-                    tools["smbclient put"].append(run_smbclient_put(port, authfile, image, target))
-                    fig = restore(bench, f"{VM_BIG}-r{run}")
+                    put_rate, cpu = run_smbclient_put(port, authfile, image, target, smbd_pid)
+                    tools["smbclient put"].append(put_rate)
+                    put_cpu.append(cpu)
+                    fig = restore(bench, f"{VM_BIG}-r{run}", smbd_pid, size)
                     product.append(fig)
                     print(f"  run {run + 1}: restore {fig.agent_mbs:7.0f} MB/s (smbclient put "
                           f"{tools['smbclient put'][-1]:.0f}); job {fig.job_seconds:.1f} s", flush=True)
@@ -141,6 +185,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"  {'restore (plugin)':<24} {core:7.0f} {core / ref:16.2f}x "
           f"{_med([f.agent_hwm_kib for f in product]) / 1024:9.0f} MiB {_med([f.job_seconds for f in product]):6.1f}")
     print(f"  peak memory of this process (fdsim + simulator): {peak_rss_kib() / 1024:.0f} MiB")
+    print("  CPU seconds per GiB (medians; load-independent):")
+    print(f"  {'path':<24} {'writer':>8} {'smbd':>8} {'fd core+sim':>12} {'total':>8}")
+    for label, rows in (("smbclient put", put_cpu), ("restore (plugin)", [f.cpu for f in product])):
+        med = {k: _med([r[k] for r in rows]) for k in ("client", "smbd", "core")}
+        print(f"  {label:<24} {med['client']:8.2f} {med['smbd']:8.2f} {med['core']:12.2f} "
+              f"{sum(med.values()):8.2f}")
     return 0
 
 
