@@ -383,6 +383,8 @@ class SambaCluster:
     :param nodes: node name -> directory served as ``C$`` (``ClusterFileSystem.share_dir``).
     :param extra_shares: node name -> {share name -> directory} (for share-map tests).
     :param denied_shares: node name -> share names the account may not connect to (:mod:`hvsim.rights`).
+    :param read_only_shares: server name -> share names the account may only read (a file share of
+        Hyper-V over SMB that grants the backup account Read, :mod:`hvsim.fs`).
     """
 
     def __init__(
@@ -394,21 +396,25 @@ class SambaCluster:
         extra_shares: Mapping[str, Mapping[str, Path]] | None = None,
         encrypt: bool = False,
         denied_shares: Mapping[str, Iterable[str]] | None = None,
+        read_only_shares: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.servers: Dict[str, SambaServer] = {}
         extra = extra_shares or {}
         denied = {k.upper(): frozenset(v) for k, v in (denied_shares or {}).items()}
+        read_only = {k.upper(): frozenset(v) for k, v in (read_only_shares or {}).items()}
         # Every node accepts the same account, as a domain account would be accepted cluster-wide.
         password = password if password is not None else secrets.token_urlsafe(18)
         for node, cdrive in nodes.items():
             shares: Dict[str, Path] = {"C$": cdrive}
             shares.update(extra.get(node, {}))
             self.servers[node.upper()] = SambaServer(shares, user, password, encrypt=encrypt,
-                                                     denied_shares=denied.get(node.upper(), ()))
+                                                     denied_shares=denied.get(node.upper(), ()),
+                                                     read_only_shares=read_only.get(node.upper(), ()))
         for node in extra:
             if node.upper() not in self.servers:
                 self.servers[node.upper()] = SambaServer(dict(extra[node]), user, password, encrypt=encrypt,
-                                                         denied_shares=denied.get(node.upper(), ()))
+                                                         denied_shares=denied.get(node.upper(), ()),
+                                                         read_only_shares=read_only.get(node.upper(), ()))
 
     def start(self) -> SambaCluster:
         """Start every node's smbd (stopping the ones already started if one fails)."""

@@ -47,7 +47,8 @@ class Simulation:
 
     :param root: directory for the nodes' filesystems and server state (must exist).
     :param world: the estate to serve; default :func:`hvsim.world.scenario.default_world`.
-    :param samba: also start one real smbd per node serving its ``C$`` (and ``D$``).
+    :param samba: also start one real smbd per node serving its ``C$`` (and ``D$``), and one per
+        simulated file server serving its shares (:meth:`hvsim.fs.ClusterFileSystem.add_file_share`).
     :param https: also listen with HTTPS on every node.
     :param faults: fault plan shared by servers, dispatchers and the world.
     """
@@ -101,8 +102,13 @@ class Simulation:
                 # administrator there, or a local administrator whose token UAC filters).
                 denied = {name: [s for s in ("C$", "D$") if self.world.nodes[name].rights.denies_share(s)]
                           for name in self.world.nodes}
+                # File servers of Hyper-V over SMB (hvsim.fs): one smbd per server with its shares, so
+                # \\FS01\VMStore reaches the same bytes the nodes' UNC paths name.
+                for file_server, server_shares in self.world.fs.file_shares.servers().items():
+                    extra.setdefault(file_server, {}).update(server_shares)
                 self.samba = SambaCluster(shares, self.user, self.password, extra_shares=extra,
-                                          encrypt=self._smb_encrypt, denied_shares=denied)
+                                          encrypt=self._smb_encrypt, denied_shares=denied,
+                                          read_only_shares=self.world.fs.file_shares.read_only())
                 self.samba.start()
         except BaseException:
             self.stop()
@@ -154,7 +160,7 @@ class Simulation:
         return ",".join(f"{n}={a}:{p}" for n, (a, p) in sorted(self.host_map(https=https).items()))
 
     def smb_map(self) -> dict[str, tuple[str, int]]:
-        """Node name -> (address, port) of its smbd (empty without Samba)."""
+        """Node (and file server) name -> (address, port) of its smbd (empty without Samba)."""
         if self.samba is None:
             return {}
         return {name: ("127.0.0.1", srv.port) for name, srv in self.samba.servers.items()}

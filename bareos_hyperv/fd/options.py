@@ -135,7 +135,9 @@ OPTIONS: Dict[str, OptionSpec] = {
                             help="application (crash fallback with a warning), application-required or crash"),
     "staging_path": make_opt(str, help="host folder for the configuration export (default: next to the VM)",
                              syntax=WINPATH),
-    "timeout": make_opt(int, _JOB.timeout, help="seconds a Hyper-V operation (checkpoint, export, waiting for a disk merge to end) may take"),
+    "timeout": make_opt(int, _JOB.timeout,
+                        help="seconds a Hyper-V operation (checkpoint, export, waiting for a disk merge to end) "
+                             "may take"),
     # No default here: unset, the agent's environment (BAREOS_HYPERV_SMB_MOVER) or smbprotocol decides.
     "smb_mover": make_opt(str, choices=tuple(m.value for m in SmbMover),
                           help="who streams whole disks over SMB: smbprotocol, or Samba's smbclient when installed"),

@@ -103,7 +103,8 @@ __all__ = [
 ]
 
 # Bump on any incompatible change; fd and agent refuse to talk across versions.
-PROTOCOL_VERSION = 1
+# 2: StartJob.options is the typed JobOptions (was a dict of option strings).
+PROTOCOL_VERSION = 2
 
 
 class JobKind(str, enum.Enum):

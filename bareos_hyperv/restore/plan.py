@@ -1141,7 +1141,11 @@ class _Planner:
             use = VolumeUse(label, total, free)
             out.append(use)
             if free is None:
-                self.notes.append(f"free space on {label} is not known; the restore writes {format_size(total)} there")
+                # A file share of Hyper-V over SMB (\\server\share): neither Hyper-V nor the cluster
+                # reports its free space, so it is not checked; a full share fails the write (disk full).
+                why = " (an SMB file share: Hyper-V does not report its free space)" if label.startswith("\\\\") else ""
+                self.notes.append(f"free space on {label} is not known{why}; the restore writes {format_size(total)} "
+                                  "there")
             elif use.short:
                 other = "another CSV, " if self.d.cluster is not None else ""
                 self.problem(f"not enough space on {label}: the restore writes {format_size(total)}, "

@@ -407,8 +407,8 @@ class DeltaHeader:
                    result_sha256=result_sha.hex() if flags & FLAG_RESULT_SHA256 else None, sparse=sparse)
 
 
-class _ImageHasher:
-    """Chunk digests and plain SHA-256 of a sparse image, computed from its ranges on a thread of its own.
+class _GapHasher:
+    """Feeds the bytes of ranges (and the zeros between them) to a digest on a thread of its own.
 
     The reader hands over copies of each range's bytes with their offset; the gaps between them
     (and up to the end) are zeros.  Hashing in the reading thread would halve the throughput of
@@ -417,14 +417,15 @@ class _ImageHasher:
 
     BUFFERS = 4
 
-    def __init__(self, chunk_size: int) -> None:
-        self.hasher = ChunkHasher(chunk_size, plain=True)
+    def __init__(self, name: str, update: Callable[[memoryview], None], zeros: Callable[[int], None]) -> None:
+        self.position = 0
+        self._update = update
+        self._zeros = zeros
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._pooled = 0
         self._work: queue.SimpleQueue[Optional[Tuple[int, Optional[bytearray], int]]] = queue.SimpleQueue()
-        self._error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="image-sha256",
-                                                                    daemon=True)
+        self.error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -434,18 +435,23 @@ class _ImageHasher:
                 return
             offset, buf, n = item
             try:
-                if self._error is None:
-                    self.hasher.update_zeros(offset - self.hasher.size)
+                if self.error is None:
+                    self._zeros(offset - self.position)
+                    self.position = offset
                     if buf is not None:
                         with memoryview(buf) as view:
-                            self.hasher.update(view[:n])
-            except BaseException as exc:  # reported by finish(); the reading thread must not block
-                self._error = exc
+                            self._update(view[:n])
+                        self.position += n
+            except BaseException as exc:  # reported by the owner; the reading thread must not block
+                self.error = exc
             if buf is not None:
                 self._free.put(buf)
 
-    def submit(self, offset: int, data: memoryview) -> None:
-        """Hash a copy of ``data``, the image's bytes at ``offset`` (after every earlier submission)."""
+    def submit(self, offset: int, data: Optional[memoryview]) -> None:
+        """Hash a copy of ``data`` at ``offset`` (None: only the zeros up to ``offset``)."""
+        if data is None:
+            self._work.put((offset, None, 0))
+            return
         n = len(data)
         if self._pooled < self.BUFFERS:
             self._pooled += 1
@@ -457,21 +463,52 @@ class _ImageHasher:
         buf[:n] = data
         self._work.put((offset, buf, n))
 
-    def finish(self, size: int) -> Tuple[ImageHashes, str]:
-        """Zeros up to ``size``, then the image's chunk digests and plain SHA-256 (hex)."""
-        self._work.put((size, None, 0))
-        self.stop()
-        if self._error is not None:
-            raise DeltaError(f"computing the image digests failed: {self._error}")
-        assert self.hasher.sha256 is not None
-        return self.hasher.finish(), self.hasher.sha256.hexdigest()
-
     def stop(self) -> None:
-        """End the thread (idempotent)."""
+        """Wait for what was submitted, then end the thread (idempotent)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._work.put(None)
             thread.join()
+
+
+class _ImageHasher:
+    """Chunk digests and plain SHA-256 of a sparse image, from its ranges, on two threads.
+
+    The two digests are independent, so each has a thread (and a copy of the bytes): with the
+    zeros of the holes the plain SHA-256 is the larger part of the work.
+    """
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunks = ChunkHasher(chunk_size)
+        self.plain = hashlib.sha256()
+        self._workers = (_GapHasher("image-chunks", self.chunks.update, self.chunks.update_zeros),
+                         _GapHasher("image-sha256", self.plain.update, self._plain_zeros))
+
+    def _plain_zeros(self, count: int) -> None:
+        while count > 0:
+            n = min(count, len(_ZEROS))
+            self.plain.update(memoryview(_ZEROS)[:n])
+            count -= n
+
+    def submit(self, offset: int, data: memoryview) -> None:
+        """Hash ``data``, the image's bytes at ``offset`` (after every earlier submission)."""
+        for worker in self._workers:
+            worker.submit(offset, data)
+
+    def finish(self, size: int) -> Tuple[ImageHashes, str]:
+        """Zeros up to ``size``, then the image's chunk digests and plain SHA-256 (hex)."""
+        for worker in self._workers:
+            worker.submit(size, None)
+        self.stop()
+        for worker in self._workers:
+            if worker.error is not None:
+                raise DeltaError(f"computing the image digests failed: {worker.error}")
+        return self.chunks.finish(), self.plain.hexdigest()
+
+    def stop(self) -> None:
+        """End the threads (idempotent)."""
+        for worker in self._workers:
+            worker.stop()
 
 
 class DeltaReader:

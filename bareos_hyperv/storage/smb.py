@@ -157,6 +157,11 @@ _LOGON = frozenset({0xC000006D, 0xC000006A, 0xC0000072, 0xC0000193, 0xC0000071, 
 T = TypeVar("T")
 
 
+#: Operations (the ``operation`` of an error's context) that create, change or remove something.
+_WRITE_OPERATIONS = frozenset({"create", "open for update", "mkdir", "rename", "write", "remove", "rmdir",
+                               "delete", "truncate", "resize", "flush"})
+
+
 def _access_denied(loc: SmbLocation, ctx: Dict[str, object]) -> StorageAccessDenied:
     r"""STATUS_ACCESS_DENIED, with the right that is missing.
 
@@ -176,11 +181,24 @@ def _access_denied(loc: SmbLocation, ctx: Dict[str, object]) -> StorageAccessDen
             "LocalAccountTokenFilterPolicy=1 on the host, else UAC strips its administrator rights over the "
             "network: use a domain account or set it",
         )
+    # A file share of Hyper-V over SMB (\\fileserver\share): its hosts' computer accounts have Full Control
+    # there (Microsoft, "Deploy Hyper-V over SMB"); the backup account needs read to back up and write to
+    # restore (and where the staging folder and the reference-point record live).
+    if str(ctx.get("operation", "")) in _WRITE_OPERATIONS:
+        return StorageAccessDenied(
+            f"access denied on the file share {share}: the account may not write there",
+            context=ctx,
+            what_to_do="grant the account Change (read and write) on the share and Modify on the folder: a restore "
+            "writes the VM's files there, and a backup its staging folder and reference-point record unless "
+            "staging_path= names another place; a local (non-domain) account in the server's Administrators "
+            "group also needs LocalAccountTokenFilterPolicy=1",
+        )
     return StorageAccessDenied(
         f"access denied on the file share {share}",
         context=ctx,
-        what_to_do="grant the account Full Control on the share and on the folder; a local (non-domain) account "
-        "in the server's Administrators group also needs LocalAccountTokenFilterPolicy=1",
+        what_to_do="grant the account Read on the share and on the VM's folder (a backup reads the VM's files "
+        "there; a restore also needs write); a local (non-domain) account in the server's Administrators group "
+        "also needs LocalAccountTokenFilterPolicy=1",
     )
 
 

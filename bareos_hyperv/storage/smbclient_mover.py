@@ -390,6 +390,12 @@ class MoverReader:
         """A range through smbprotocol; the stream is not disturbed."""
         return self._fb.read_at(offset, length)
 
+    def set_limit(self, end: int | None) -> None:
+        """Read ahead no further than ``end`` once smbprotocol has the stream (see ``SmbReader.set_limit``)."""
+        set_limit = getattr(self._fb, "set_limit", None)
+        if set_limit is not None:
+            set_limit(end)
+
     def seek(self, offset: int, whence: int = 0) -> int:
         """Move the stream; anything but staying put hands the stream to smbprotocol."""
         base = {0: 0, 1: self._pos, 2: self.size}[whence]

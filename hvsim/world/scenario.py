@@ -85,6 +85,7 @@ def realistic_world(root: Path, *, faults: FaultPlan | None = None, disk_size: i
     parentheses and a dash.  ``db[1]`` and ``db1`` both exist so that a name that reads as a
     pattern must be taken as a name.  Hyper-V VM names may hold any character; file names may not
     hold ``*``, so the VM ``nightly build*`` keeps its disk under another name, as New-VHD would.
+    ``Sales DB (SMB)`` lives on ``\\\\FS01\\VMStore`` (Hyper-V over SMB, :func:`add_smb_share_vm`).
     """
     w = World(root, faults=faults)
     w.add_node(REALISTIC_HOST, build=20348, switches=list(REALISTIC_SWITCHES), default_vm_path=PROGRAMDATA_HYPERV,
@@ -122,6 +123,9 @@ def realistic_world(root: Path, *, faults: FaultPlan | None = None, disk_size: i
     archive = "D:\\Archive Storage\\Document Archive"
     w.add_vm(REALISTIC_HOST, "Document Archive", state="running", switches=[backup], root=archive, seed=19,
              disks_=[vhd(archive + "\\Virtual Hard Disks", f"archive-volume-{i:02d}.vhdx") for i in range(12)])
+    # Hyper-V over SMB: configuration and disks on a file server's share, named by UNC paths.
+    add_smb_share_vm(w, "Sales DB (SMB)", node=REALISTIC_HOST, clustered=False, disk_size=disk_size,
+                     switches=[lan], seed=20)
     return w
 
 
@@ -137,6 +141,36 @@ def add_legacy_vm(w: World, name: str = "old2012", *, node: str = NODES[0], stat
     vm = w.add_vm(node, name, generation=1, version="5.0", state=state, clustered=True, root=root,
                   switches=["External-LAN"], seed=50,
                   disks_=[DiskSpec(f"{root}\\Virtual Hard Disks\\{name}.vhdx", size=disk_size, fill_ratio=0.2)])
+    return vm.id
+
+
+FILE_SERVER = "FS01"
+VM_SHARE = "VMStore"
+
+
+def add_smb_share_vm(w: World, name: str = "sql01", *, node: str = NODES[0], clustered: bool = True,
+                     state: str = "running", server: str = FILE_SERVER, share: str = VM_SHARE,
+                     access: str = "full", disk_size: int = 16 * MiB, config_on_share: bool = True,
+                     switches: list[str] | None = None, seed: int = 60) -> str:
+    r"""A scenario variant: a VM stored on an SMB 3 file share (Hyper-V over SMB).
+
+    The share ``\\<server>\<share>`` of a simulated file server (:mod:`hvsim.fs`) holds the VM's
+    folder ``\\FS01\VMStore\<name>`` with its configuration (unless ``config_on_share=False``: then
+    under the node's default folder) and two VHDX in ``Virtual Hard Disks``; Hyper-V reports every
+    path as UNC (HostResource, ConfigurationDataRoot), and checkpoints put their ``.avhdx`` next to
+    the parent on the share.  ``access`` is the backup account's access to the share (``full``/``read``).
+    Returns the VM's id.
+    """
+    w.fs.add_file_share(server, share, access=access)
+    folder = f"\\\\{server}\\{share}\\{name}"
+    n = w.node(node)
+    root = folder if config_on_share else f"{n.default_vm_path}\\{name}"
+    vhds = f"{folder}\\Virtual Hard Disks"
+    sw = switches if switches is not None else [s.name for s in n.switches[:1]]
+    vm = w.add_vm(n.name, name, generation=2, version="9.0", state=state, clustered=clustered, root=root,
+                  switches=sw, seed=seed,
+                  disks_=[DiskSpec(f"{vhds}\\{name}-system.vhdx", size=disk_size, fill_ratio=0.2),
+                          DiskSpec(f"{vhds}\\{name}-data.vhdx", size=disk_size, fill_ratio=0.1, block_size=MiB)])
     return vm.id
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from bareos_hyperv.errors import ConfigurationError, ProtocolError
 from bareos_hyperv.fd.agent_process import AgentDied, AgentProcess, default_agent_python
-from bareos_hyperv.protocol.messages import JobDone, ListFiles, LogRecord, Progress
+from bareos_hyperv.protocol.messages import PROTOCOL_VERSION, JobDone, ListFiles, LogRecord, Progress
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "Env-Secret-9f8e7d"
@@ -53,13 +53,13 @@ def fake_agent(tmp_path: Path, mode: str) -> str:
         import os, signal, socket, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from bareos_hyperv.protocol.framing import Channel
-        from bareos_hyperv.protocol.messages import HelloReply, JobDone
+        from bareos_hyperv.protocol.messages import PROTOCOL_VERSION, HelloReply, JobDone
         mode = {mode!r}
         if "ignore-term" in mode:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         ch = Channel(socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1])))
         ch.recv()
-        ch.send(HelloReply(version=999 if "old" in mode else 1, pid=os.getpid(), package_version="x",
+        ch.send(HelloReply(version=999 if "old" in mode else PROTOCOL_VERSION, pid=os.getpid(), package_version="x",
                            python=sys.executable))
         if "silent" in mode:
             time.sleep(60)
@@ -76,7 +76,7 @@ def test_real_agent_handshake_and_clean_stop() -> None:
     rec = Recorder()
     agent = AgentProcess(sys.executable, rec, timeout=30)
     hello = agent.start()
-    assert hello.pid == agent.pid and hello.version == 1
+    assert hello.pid == agent.pid and hello.version == PROTOCOL_VERSION
     cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:4] == [b"-m", b"bareos_hyperv.agent", b"--fd"]
     done = agent.stop()

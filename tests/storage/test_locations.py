@@ -148,3 +148,14 @@ def test_split_and_location_helpers() -> None:
     assert local.parent.path == PurePosixPath("/mnt/a")
     with pytest.raises(InvalidPathError):
         local.child("../x")
+
+
+def test_unc_path_of_a_file_server_is_the_same_from_every_node() -> None:
+    # Hyper-V over SMB: \\FS01\VMStore is a file server's share, not a node's admin share; whichever node
+    # reports the path, it resolves to that server (its SMB endpoint comes from smb_host_map like a node's).
+    r = LocationResolver(parse_share_map([r"HV01:D:\VMs=\\hv01\vms", r"C:\ClusterStorage=\\FILESERVER\csv"]))
+    path = r"\\FS01\VMStore\sql01\Virtual Hard Disks\sql01-system.vhdx"
+    expected = SmbLocation("FS01", "VMStore", r"sql01\Virtual Hard Disks\sql01-system.vhdx")
+    assert r.resolve(path, "HV01") == r.resolve(path, "HV02") == r.resolve(path) == expected
+    assert r.resolve(r"\\FS01\VMStore\sql01", "HV01").child("Virtual Machines") == SmbLocation(
+        "FS01", "VMStore", r"sql01\Virtual Machines")

@@ -427,6 +427,25 @@ def test_access_denied_says_what_to_do(tmp_path: Path) -> None:
     assert "LocalAccountTokenFilterPolicy" in (ei.value.what_to_do or "")
 
 
+def test_access_denied_on_a_file_share_names_read_or_write(tmp_path: Path) -> None:
+    # A Hyper-V over SMB share (\\FS01\VMStore): writing needs Change, reading needs Read; no admin advice.
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "a.vhdx").write_bytes(b"x")
+    (tmp_path / "no").mkdir()
+    srv = SambaServer({"VMStore": tmp_path / "ro", "Denied": tmp_path / "no"}, read_only_shares={"VMStore"},
+                      denied_shares={"Denied"})
+    with srv, _storage(srv) as st:
+        assert st.stat(SmbLocation("HV01", "VMStore", "a.vhdx")).size == 1
+        with pytest.raises(StorageAccessDenied) as ei:
+            st.create(SmbLocation("HV01", "VMStore", "x.bin"))
+        assert "may not write" in str(ei.value) and "\\\\HV01\\VMStore" in str(ei.value)
+        assert "Change" in (ei.value.what_to_do or "") and "Administrators group of" not in (ei.value.what_to_do or "")
+        with pytest.raises(StorageAccessDenied) as ei:
+            st.stat(SmbLocation("HV01", "Denied", "a.vhdx"))
+        assert "may not write" not in str(ei.value) and "\\\\HV01\\Denied" in str(ei.value)
+        assert "grant the account Read" in (ei.value.what_to_do or "")
+
+
 def test_unreachable_server_after_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

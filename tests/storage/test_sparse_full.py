@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -44,6 +44,7 @@ from bareos_hyperv.storage.delta import (
     empty_image_digest,
 )
 from bareos_hyperv.storage.local import LocalReader
+from bareos_hyperv.storage.locations import SmbLocation
 from bareos_hyperv.storage.vhd import (
     DiskType,
     ExtentKind,
@@ -342,3 +343,31 @@ def test_a_damaged_block_table_is_copied_whole(fmt: str, how: str, tmp_path: Pat
         disk.referenced_ranges = broken  # type: ignore[method-assign]
         assert sparse_ranges(disk, disk.layout.file_size) is None
     assert "copied whole" in caplog.text and "overlaps the metadata region" in caplog.text
+
+
+def test_ranges_stream_over_smb_without_reading_the_gaps(smb_factory: Any, node_dir: Path) -> None:
+    """The pipelined SMB reader, told each range's end, keeps reads in flight within it and none past it."""
+    data = os.urandom(12 * MiB + 5)
+    (node_dir / "s.vhdx").write_bytes(data)
+    ranges = [(0, MiB + 17), (4 * MiB, 3 * MiB), (12 * MiB, 5)]
+    st = smb_factory(read_size=MiB, read_depth=4)
+    location = SmbLocation("HV01", "C$", f"{node_dir.name}\\s.vhdx")
+    with st.open_read(location) as reader:
+        reader.seek(4 * MiB)
+        reader.set_limit(7 * MiB)
+        first = bytearray(1000)
+        assert reader.readinto(first) == 1000 and bytes(first) == data[4 * MiB:4 * MiB + 1000]
+        assert reader.in_flight == 2  # 5, 6 MiB asked for; nothing at 7 MiB or beyond
+        rest = reader.read(3 * MiB - 1000)
+        assert reader.readinto(bytearray(10)) == 0  # the range's end: no read past it
+        assert bytes(first) + rest == data[4 * MiB:7 * MiB]
+    header = DeltaHeader.sparse_full(job_id=3, size=len(data), chunk_size=MiB, ranges=ranges)
+    reader = st.open_read(location)
+    stream = DeltaReader(header, ranges, name="s", source=reader, close=reader.close)
+    out = stream.read()
+    stream.close()
+    expected = bytearray(len(data))
+    for offset, length in ranges:
+        expected[offset:offset + length] = data[offset:offset + length]
+    assert stream.sha256 == hashlib.sha256(expected).hexdigest() and stream.bytes_read == sum(n for _o, n in ranges)
+    assert len(out) == delta_size(ranges, sparse=True)

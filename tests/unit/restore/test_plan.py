@@ -457,6 +457,22 @@ def test_not_enough_space_on_a_local_volume_and_unknown_space() -> None:
     assert plan.ok and any("free space on D:\\ is not known" in n for n in plan.notes)
 
 
+def test_a_file_share_destination_is_planned_with_its_free_space_unknown_or_known() -> None:
+    # Hyper-V over SMB: \\FS01\VMStore is neither a CSV nor a node's volume; a highly available VM may live
+    # there, and without a figure for its free space the plan says so instead of refusing.
+    share = "\\\\FS01\\VMStore"
+    options = RestoreOptions(storage=share + "\\Restored")
+    plan = plan_of(options=options, dest=same_cluster(files=[]))
+    assert plan.ok, problem_text(plan)
+    assert plan.config_root.startswith(share + "\\Restored\\")
+    assert all(d.dest_path.startswith(share + "\\Restored\\") for d in plan.disks)
+    (volume,) = plan.volumes
+    assert volume.volume == share and volume.free is None and not volume.short
+    assert any(n.startswith(f"free space on {share} is not known (an SMB file share") for n in plan.notes), plan.notes
+    plan = plan_of(options=options, dest=dataclasses.replace(same_cluster(files=[]), volume_free={share.lower(): GiB}))
+    assert f"not enough space on {share}: the restore writes" in problem_text(plan)
+
+
 # --------------------------------------------------------------------------- restore_storage, restore_disk_map
 
 
