@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Dict, List, Optional, Tuple
 
+from bareos_hyperv.storage.locations import SmbLocation
+from bareos_hyperv.storage.smb import SmbStorage
 from bench.backup_full import VM_BIG, VM_SMALL, Bench, _authfile, build_world, disk_of, peak_rss_kib, rate, warm
 from fdsim.fd import JobResult
 from hvsim.simulation import Simulation
@@ -102,6 +104,28 @@ def run_smbclient_put(port: int, authfile: Path, local: Path, share_path: str,
     return rate(local.stat().st_size, dt), cpu
 
 
+def run_writer(sim: Simulation, local: Path, share_path: str) -> float:
+    """MB/s of the product's SMB writer alone (SmbStorage.create + write of the file, 1 MiB at a time,
+    read from the page cache): the write half of a restore without the pipe from the core and the
+    SHA-256 check, i.e. what smbclient put does.  The file is removed afterwards."""
+    assert sim.samba is not None
+    server = sim.samba.servers[STANDALONE]
+    storage = SmbStorage(sim.user, sim.password, endpoints={STANDALONE: server.address})
+    location = SmbLocation(STANDALONE, "D$", share_path.replace("/", "\\"))
+    buf = bytearray(MiB)
+    t0 = time.perf_counter()
+    with storage, local.open("rb", buffering=0) as src:
+        with storage.create(location) as writer:
+            while True:
+                n = src.readinto(buf)
+                if not n:
+                    break
+                writer.write(memoryview(buf)[:n])
+        seconds = time.perf_counter() - t0
+        storage.delete(location)
+    return rate(local.stat().st_size, seconds)
+
+
 def restore(bench: Bench, name: str, smbd_pid: Optional[int] = None, size: int = 1) -> RestoreFigures:
     """Restore the big VM as a copy named ``name``; the copy and its disk are removed afterwards."""
     world = bench.sim.world
@@ -145,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     size = args.size_mib * MiB
     product: List[RestoreFigures] = []
-    tools: Dict[str, List[float]] = {"smbclient put": []}
+    tools: Dict[str, List[float]] = {"smbclient put": [], "writer": []}
     put_cpu: List[Dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-restore-", dir=os.environ.get("BENCH_TMPDIR")) as tmpdir:
         tmp = Path(tmpdir)
@@ -170,6 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     warm(image)
                     put_rate, cpu = run_smbclient_put(port, authfile, image, target, smbd_pid)
                     tools["smbclient put"].append(put_rate)
+                    warm(image)
+                    tools["writer"].append(run_writer(sim, image, target))
                     put_cpu.append(cpu)
                     fig = restore(bench, f"{VM_BIG}-r{run}", smbd_pid, size)
                     product.append(fig)
@@ -182,6 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"SMB3), median of {args.runs} (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
     print(f"  {'path':<24} {'MB/s':>7} {'vs smbclient put':>17} {'agent VmHWM':>12} {'job s':>6}")
     print(f"  {'smbclient put':<24} {ref:7.0f} {1.0:16.2f}x")
+    writer = _med(tools["writer"])
+    print(f"  {'SMB writer alone':<24} {writer:7.0f} {writer / ref:16.2f}x   (no pipe, no SHA-256)")
     print(f"  {'restore (plugin)':<24} {core:7.0f} {core / ref:16.2f}x "
           f"{_med([f.agent_hwm_kib for f in product]) / 1024:9.0f} MiB {_med([f.job_seconds for f in product]):6.1f}")
     print(f"  peak memory of this process (fdsim + simulator): {peak_rss_kib() / 1024:.0f} MiB")
