@@ -555,7 +555,8 @@ class HyperVBackupSource:
 
         run.staging = self._staging_path(config)
         run.staging_location = self.resolver.resolve(run.staging, run.node)
-        export_configuration(services, vm.epr, run.checkpoint.epr, run.staging, timeout=self.timeout)
+        backup_intent = export_configuration(services, vm.epr, run.checkpoint.epr, run.staging,
+                                             timeout=self.timeout)
         config_items = self._config_items(run)
 
         manifest = Manifest(
@@ -569,6 +570,7 @@ class HyperVBackupSource:
                 plugin_version=__version__,
                 checkpoint_id=run.checkpoint.instance_id,
                 no_reference_point=_no_reference_point(config.version),
+                export_backup_intent=backup_intent,
                 warnings=list(run.checkpoint.warnings),
                 base_job_id=None if run.base is None else run.base.manifest.backup.job_id,
                 next_file_index=max([f.index + 1 for d in disks for f in d.chain]

@@ -81,7 +81,7 @@ from bareos_hyperv.model.vm import (
 
 NAMESPACE_PREFIX = "urn:bareos-hyperv:manifest:"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 2  # 1.2: disks/disk/file/@x:sha256In, backup/@x:noReferencePoint
+SCHEMA_MINOR = 2  # 1.2: disks/disk/file/@x:sha256In, backup/@x:noReferencePoint, backup/@x:exportBackupIntent
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 NAMESPACE = f"{NAMESPACE_PREFIX}{SCHEMA_MAJOR}"
 EXTENSION_NAMESPACE = f"{NAMESPACE}:ext"  # where minor versions put what they add
@@ -286,6 +286,7 @@ def _write_backup(root: etree._Element, backup: BackupFacts) -> None:
     if backup.since is not None:
         _set(element, _x("since"), _utc_text(backup.since, "since time"))
     _set(element, _x("noReferencePoint"), backup.no_reference_point)
+    _set(element, _x("exportBackupIntent"), backup.export_backup_intent)
     _write_reference_point(element, "referencePoint", backup.reference_point)
     _write_reference_point(element, "previousReferencePoint", backup.previous_reference_point)
     parts = _sub(element, "parts")
@@ -715,6 +716,7 @@ class _Reader:
             reference_point=self.reference_point(self.opt(element, "referencePoint")),
             previous_reference_point=self.reference_point(self.opt(element, "previousReferencePoint")),
             no_reference_point=self.opt_attr(element, _x("noReferencePoint")),
+            export_backup_intent=self.opt_int_attr(element, _x("exportBackupIntent")),
             parts=[self.part(p) for p in self.each(element, "parts", "part")],
             warnings=[w.text or "" for w in self.each(element, "warnings", "warning")],
             base_job_id=self.opt_int_attr(element, _x("baseJobId")),

@@ -222,6 +222,9 @@ class BackupFacts:
     # why the checkpoint did not become a reference point (the VM's configuration version has no
     # reference points nor RCT, e.g. 5.0): the next incremental compares digests.  None: it did.
     no_reference_point: Optional[str] = None
+    # BackupIntent of the configuration export (Msvm_VirtualSystemExportSettingData: 0 PreserveChain,
+    # 1 Merge), set deliberately rather than left to the host's template.  None before manifest 1.2.
+    export_backup_intent: Optional[int] = None
     parts: list[SaveSetPart] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     base_job_id: Optional[int] = None

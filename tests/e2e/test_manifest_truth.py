@@ -68,6 +68,8 @@ def test_both_manifests_record_every_disk_files_true_size_and_digest(estate: Any
     assert back.status == "T", back.log()
     tree = tmp_path / "r" / base
     streamed = from_xml((tree / "manifest.xml").read_bytes(), source="manifest.xml")
+    # Issue 9 point 7: the export's BackupIntent is set deliberately and recorded (PreserveChain).
+    assert streamed.backup.export_backup_intent == final.backup.export_backup_intent == 0
     sums = dict(reversed(line.split("  ", 1)) for line in (tree / "SHA256SUMS").read_text().splitlines())
 
     def files(manifest: Manifest) -> Dict[str, DiskFile]:
