@@ -74,6 +74,20 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def plugin_string(sim: Simulation, credentials: Path, vm: str) -> str:
+    """The FileSet plugin string that backs ``vm`` up from the simulated standalone host."""
+    opts = {
+        "host": STANDALONE,
+        "vm": vm,
+        "credentials_file": str(credentials),
+        "host_map": sim.host_map_option(),
+        "smb_host_map": ",".join(f"{n}={a}:{p}" for n, (a, p) in sorted(sim.smb_map().items())),
+        "timeout": "600",
+        "agent_timeout": "600",
+    }
+    return "python3:module_name=bareos-fd-hyperv:" + ":".join(f"{k}={_escape(v)}" for k, v in opts.items())
+
+
 class Bench:
     """The running estate and what the backups need to reach it."""
 
@@ -84,16 +98,7 @@ class Bench:
         self.fd = FdSim(tmp / "store")
 
     def plugin(self) -> str:
-        opts = {
-            "host": STANDALONE,
-            "vm": VM,
-            "credentials_file": str(self.credentials),
-            "host_map": self.sim.host_map_option(),
-            "smb_host_map": ",".join(f"{n}={a}:{p}" for n, (a, p) in sorted(self.sim.smb_map().items())),
-            "timeout": "600",
-            "agent_timeout": "600",
-        }
-        return "python3:module_name=bareos-fd-hyperv:" + ":".join(f"{k}={_escape(v)}" for k, v in opts.items())
+        return plugin_string(self.sim, self.credentials, VM)
 
     def backup(self, level: str) -> tuple[Figures, JobResult]:
         t0 = time.perf_counter()

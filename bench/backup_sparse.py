@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from bench.backup_incremental import plugin_string
 from fdsim.fd import FdSim, JobResult
 from hvsim.simulation import Simulation
 from hvsim.world.scenario import STANDALONE, build_standalone
@@ -41,10 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "packaging"
 VM_DIR = "D:\\Hyper-V"
 VMS = {"sparse01": "dynamic", "fixed01": "fixed"}
-
-
-def _escape(value: str) -> str:
-    return value.replace(":", "\\:")
 
 
 def _disk(vm: str) -> str:
@@ -98,16 +95,7 @@ class Bench:
         self.fd = FdSim(tmp / "store")
 
     def plugin(self, vm: str) -> str:
-        opts = {
-            "host": STANDALONE,
-            "vm": vm,
-            "credentials_file": str(self.credentials),
-            "host_map": self.sim.host_map_option(),
-            "smb_host_map": ",".join(f"{n}={a}:{p}" for n, (a, p) in sorted(self.sim.smb_map().items())),
-            "timeout": "600",
-            "agent_timeout": "600",
-        }
-        return "python3:module_name=bareos-fd-hyperv:" + ":".join(f"{k}={_escape(v)}" for k, v in opts.items())
+        return plugin_string(self.sim, self.credentials, vm)
 
     def backup(self, vm: str) -> tuple[Figures, JobResult]:
         t0 = time.perf_counter()

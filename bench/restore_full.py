@@ -6,6 +6,8 @@ data.  The VM is backed up once through fdsim; then, each run:
 
 * ``smbclient put`` of the same image (a local file) to the same signed SMB3 share (Samba's own
   client writing: the reference);
+* the product's SMB writer alone writing the same file from the page cache (no pipe from the core,
+  no SHA-256 check: the like-for-like counterpart of ``smbclient put``);
 * a restore into Hyper-V through fdsim (the emulated Bareos fd writes the plugin's pipe itself, as
   the core does with ``do_io_in_core``), as a copy next to the original (``restore_new_id=yes``),
   so the disk is written over SMB under a temporary name, checked against its SHA-256, renamed,

@@ -1482,12 +1482,10 @@ class SmbWriter:
 
     def _setup(self, handle: Any) -> None:
         conn = handle.connection
-        chunk = max(CREDIT_PAYLOAD, min(self._st.options.write_size, conn.max_write_size))
-        if getattr(self, "_chunk", chunk) != chunk:
-            # A reconnect negotiated a smaller maximum: buffers already filled keep their size and are
-            # sent as they are (each within the old maximum); only new buffers get the new size.
-            self._spare.clear()
-        self._chunk = chunk
+        # After a reconnect the size may differ: buffers in flight are resent as they are, spare
+        # ones are kept only at the current size.
+        self._chunk = max(CREDIT_PAYLOAD, min(self._st.options.write_size, conn.max_write_size))
+        self._spare = [b for b in self._spare if len(b) == self._chunk]
         self._depth = max(1, self._st.options.write_depth)
         charge = (self._chunk - 1) // CREDIT_PAYLOAD + 1
         self._st.ensure_credits(conn, charge * self._depth)
@@ -1561,22 +1559,20 @@ class SmbWriter:
         """Append ``data`` (sent in ``write_size`` requests as it accumulates)."""
         if self._closed:
             raise ValueError("write to a closed SmbWriter")
-        with memoryview(data) as whole:
-            view = whole.cast("B")
-            n = len(view)
-            pos = 0
-            while pos < n:
-                if self._current is None:
-                    self._current = self._spare.pop() if self._spare else bytearray(self._chunk)
-                    self._fill = 0
-                take = min(self._chunk - self._fill, n - pos)
-                self._current[self._fill : self._fill + take] = view[pos : pos + take]
-                self._fill += take
-                pos += take
-                if self._fill == len(self._current):
-                    buf, self._current = self._current, None
-                    self._push(buf, len(buf))
-            view.release()
+        view = memoryview(data).cast("B")
+        n = len(view)
+        pos = 0
+        while pos < n:
+            if self._current is None:
+                self._current = self._spare.pop() if self._spare else bytearray(self._chunk)
+                self._fill = 0
+            take = min(len(self._current) - self._fill, n - pos)
+            self._current[self._fill : self._fill + take] = view[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == len(self._current):
+                buf, self._current = self._current, None
+                self._push(buf, len(buf))
         self._written += n
         return n
 
